@@ -1,0 +1,21 @@
+# `make test` is the README's test command; `make demo` its main job. Both create .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test]"
+	touch $(PY)
+
+.PHONY: setup test demo
+setup: $(PY)
+
+test: $(PY)
+	$(PY) -m pytest -q
+
+demo: $(PY)
+	$(PY) -m modeling_videomamba.demo

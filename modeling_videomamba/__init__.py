@@ -1,0 +1,32 @@
+"""VideoMamba (arXiv 2403.06977) for Hugging Face transformers.
+
+Importing the package registers the model with the Auto classes (AutoConfig, AutoModel,
+AutoModelForVideoClassification, AutoModelForImageClassification).
+"""
+
+from .configuration_videomamba import VideoMambaConfig
+from .modeling_videomamba import (
+    VideoMambaForImageClassification,
+    VideoMambaForVideoClassification,
+    VideoMambaModel,
+    VideoMambaModelOutput,
+    VideoMambaPreTrainedModel,
+)
+from .selective_scan import causal_conv1d, cuda_kernels_available, selective_scan, selective_scan_reference
+from .registration import register_auto_classes
+
+register_auto_classes()
+
+__all__ = [
+    "VideoMambaConfig",
+    "VideoMambaModel",
+    "VideoMambaModelOutput",
+    "VideoMambaPreTrainedModel",
+    "VideoMambaForVideoClassification",
+    "VideoMambaForImageClassification",
+    "selective_scan",
+    "selective_scan_reference",
+    "causal_conv1d",
+    "cuda_kernels_available",
+    "register_auto_classes",
+]

@@ -1,0 +1,183 @@
+"""Configuration of VideoMamba models (arXiv 2403.06977)."""
+
+import math
+
+from transformers import PreTrainedConfig
+
+# The paper's sizes. Every preset shares patch 16, tubelet 1, state 16, conv 4, expand 2 and RMSNorm.
+PRESETS = {
+    "tiny": {"hidden_size": 192, "num_hidden_layers": 24},
+    "small": {"hidden_size": 384, "num_hidden_layers": 24},
+    "middle": {"hidden_size": 576, "num_hidden_layers": 32},
+    # Image-only in the paper (dropped for video); kept so its ImageNet checkpoint converts.
+    "base": {"hidden_size": 768, "num_hidden_layers": 24},
+}
+
+SCAN_IMPLEMENTATIONS = ("auto", "reference", "fast", "cuda")
+TOKEN_ORDERS = ("spatial_first", "temporal_first", "hybrid")
+DT_INITS = ("original", "mamba")
+MODALITIES = ("video", "image")
+
+# Written into every saved config so that any of these Auto classes loads a saved directory with
+# `trust_remote_code=True`, whichever head was saved (the files named here are copied beside the weights).
+AUTO_MAP = {
+    "AutoConfig": "configuration_videomamba.VideoMambaConfig",
+    "AutoModel": "modeling_videomamba.VideoMambaModel",
+    "AutoModelForVideoClassification": "modeling_videomamba.VideoMambaForVideoClassification",
+    "AutoModelForImageClassification": "modeling_videomamba.VideoMambaForImageClassification",
+}
+
+
+class VideoMambaConfig(PreTrainedConfig):
+    r"""
+    Configuration of a VideoMamba backbone and its heads.
+
+    Args:
+        image_size (`int`, *optional*, defaults to 224): Height and width of the input frames.
+        patch_size (`int`, *optional*, defaults to 16): Spatial side of a patch.
+        num_channels (`int`, *optional*, defaults to 3): Channels of the input frames.
+        num_frames (`int`, *optional*, defaults to 8): Frames of the input clip.
+        tubelet_size (`int`, *optional*, defaults to 1): Frames folded into one patch (temporal patch size).
+        hidden_size (`int`, *optional*, defaults to 192): Width D of the residual stream.
+        num_hidden_layers (`int`, *optional*, defaults to 24): Number of bidirectional Mamba blocks.
+        state_size (`int`, *optional*, defaults to 16): SSM state size N.
+        conv_kernel (`int`, *optional*, defaults to 4): Width of the causal depthwise convolution.
+        expand (`int`, *optional*, defaults to 2): Inner width of a mixer is `expand * hidden_size`.
+        time_step_rank (`int` or `"auto"`, *optional*, defaults to `"auto"`): Rank R of the step-size
+            projection; `"auto"` is `ceil(hidden_size / 16)`.
+        layer_norm_epsilon (`float`, *optional*, defaults to 1e-5): Epsilon of every norm.
+        rms_norm (`bool`, *optional*, defaults to `True`): RMSNorm (weight only) if true, else LayerNorm.
+        residual_in_fp32 (`bool`, *optional*, defaults to `True`): Keep the residual stream in float32
+            whatever the compute dtype.
+        drop_path_rate (`float`, *optional*, defaults to 0.0): Stochastic depth; block `i` drops its mixer
+            output with rate `drop_path_rate * i / (num_hidden_layers - 1)`.
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.0): Dropout on the embeddings.
+        classifier_dropout (`float`, *optional*, defaults to 0.0): Dropout before a classification head.
+        initializer_range (`float`, *optional*, defaults to 0.02): Std of the truncated-normal init.
+        dt_init (`str`, *optional*, defaults to `"original"`): `"original"` reproduces VideoMamba's init
+            (zero step-size bias); `"mamba"` uses Mamba's inverse-softplus step-size bias, better
+            behaved when training from scratch.
+        time_step_min, time_step_max (`float`): Range of initial step sizes for `dt_init="mamba"`.
+        scan_implementation (`str`, *optional*, defaults to `"auto"`): Selective scan used by the mixers:
+            `"reference"` (the plain sequential recurrence), `"fast"` (exact blocked pure-PyTorch scan),
+            `"cuda"` (mamba-ssm kernels) or `"auto"` (CUDA kernels for CUDA tensors when installed, else
+            the fast scan).
+        token_order (`str`, *optional*, defaults to `"spatial_first"`): Order in which the mixers scan
+            the patch tokens: `"spatial_first"` (frame by frame, the paper's choice), `"temporal_first"`
+            (position by position through time) or `"hybrid"` (alternating per block). Outputs are
+            always returned in spatial-first order.
+        modality (`str`, *optional*, defaults to `"video"`): `"video"` (Conv3d patches, temporal embeddings,
+            input (B, T, C, H, W)) or `"image"` (Conv2d patches, no temporal embedding, input (B, C, H, W));
+            `VideoMambaForImageClassification` sets it to `"image"`.
+    """
+
+    model_type = "videomamba"
+
+    def __init__(
+        self,
+        image_size=224,
+        patch_size=16,
+        num_channels=3,
+        num_frames=8,
+        tubelet_size=1,
+        hidden_size=192,
+        num_hidden_layers=24,
+        state_size=16,
+        conv_kernel=4,
+        expand=2,
+        time_step_rank="auto",
+        layer_norm_epsilon=1e-5,
+        rms_norm=True,
+        residual_in_fp32=True,
+        drop_path_rate=0.0,
+        hidden_dropout_prob=0.0,
+        classifier_dropout=0.0,
+        initializer_range=0.02,
+        dt_init="original",
+        time_step_min=0.001,
+        time_step_max=0.1,
+        scan_implementation="auto",
+        token_order="spatial_first",
+        modality="video",
+        **kwargs,
+    ):
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.num_frames = num_frames
+        self.tubelet_size = tubelet_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.state_size = state_size
+        self.conv_kernel = conv_kernel
+        self.expand = expand
+        self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else time_step_rank
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.rms_norm = rms_norm
+        self.residual_in_fp32 = residual_in_fp32
+        self.drop_path_rate = drop_path_rate
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.classifier_dropout = classifier_dropout
+        self.initializer_range = initializer_range
+        self.dt_init = dt_init
+        self.time_step_min = time_step_min
+        self.time_step_max = time_step_max
+        self.scan_implementation = scan_implementation
+        self.token_order = token_order
+        self.modality = modality
+        super().__init__(**kwargs)
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        self._validate()
+
+    @property
+    def intermediate_size(self) -> int:
+        """Inner width of a mixer, `expand * hidden_size`."""
+        return self.expand * self.hidden_size
+
+    @property
+    def grid_size(self) -> tuple:
+        """(frames, rows, columns) of patches for the configured input size."""
+        side = self.image_size // self.patch_size
+        return self.num_frames // self.tubelet_size, side, side
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VideoMambaConfig":
+        """A config of one of the paper's sizes (`"tiny"`, `"small"`, `"middle"`, `"base"`), with overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown VideoMamba preset {name!r}; expected one of {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def _validate(self):
+        positive = (
+            "image_size", "patch_size", "num_channels", "num_frames", "tubelet_size", "hidden_size",
+            "num_hidden_layers", "state_size", "conv_kernel", "expand", "time_step_rank",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"VideoMambaConfig.{name} must be a positive integer, got {value!r}.")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})."
+            )
+        if self.num_frames % self.tubelet_size:
+            raise ValueError(
+                f"num_frames ({self.num_frames}) must be divisible by tubelet_size ({self.tubelet_size})."
+            )
+        for name in ("drop_path_rate", "hidden_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"VideoMambaConfig.{name} must lie in [0, 1), got {value!r}.")
+        if not self.layer_norm_epsilon > 0:
+            raise ValueError(f"layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}.")
+        for name, allowed in (
+            ("scan_implementation", SCAN_IMPLEMENTATIONS),
+            ("token_order", TOKEN_ORDERS),
+            ("dt_init", DT_INITS),
+            ("modality", MODALITIES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"VideoMambaConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+
+
+__all__ = ["VideoMambaConfig"]

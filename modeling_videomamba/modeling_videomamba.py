@@ -1,0 +1,487 @@
+"""PyTorch VideoMamba (arXiv 2403.06977): patches -> tokens -> bidirectional Mamba blocks -> norm -> heads.
+
+Input video `pixel_values` is (batch, frames, channels, height, width), as VideoMAE's. Tokens are the
+cls token followed by the patches in spatial-first order: token 1 + t*h*w + i*w + j is patch (t, i, j).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_videomamba import VideoMambaConfig
+from .selective_scan import causal_conv1d, resolve_implementation, selective_scan
+
+
+@dataclass
+class VideoMambaModelOutput(BaseModelOutputWithPooling):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch, 1 + T*h*w, hidden_size)`):
+        Final-norm output of every token, cls first, patches in spatial-first order.
+    pooler_output (`torch.FloatTensor` of shape `(batch, hidden_size)`):
+        `last_hidden_state[:, 0]`, the normalised cls token.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        The residual stream entering each block, then the stream after the last block (before the
+        final norm): `num_hidden_layers + 1` tensors of shape `(batch, 1 + T*h*w, hidden_size)`.
+    """
+
+
+# ----------------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------------
+
+
+class VideoMambaPatchEmbeddings(nn.Module):
+    """Cuts frames into patches: a Conv3d over (tubelet, patch, patch) for video, a Conv2d for images."""
+
+    def __init__(self, config: VideoMambaConfig):
+        super().__init__()
+        self.is_video = is_video = config.modality == "video"
+        self.num_channels = config.num_channels
+        self.patch_size = config.patch_size
+        self.tubelet_size = config.tubelet_size if is_video else 1
+        if is_video:
+            kernel = (config.tubelet_size, config.patch_size, config.patch_size)
+            self.projection = nn.Conv3d(config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel)
+        else:
+            self.projection = nn.Conv2d(
+                config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+            )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) video or (B, C, H, W) image -> patches (B, T', H/p, W/p, D)."""
+        expected = "(batch, frames, channels, height, width)" if self.is_video else "(batch, channels, height, width)"
+        if pixel_values.dim() != (5 if self.is_video else 4):
+            raise ValueError(f"pixel_values must have shape {expected}; got a tensor of shape {tuple(pixel_values.shape)}.")
+        channels = pixel_values.shape[2 if self.is_video else 1]
+        if channels != self.num_channels:
+            raise ValueError(
+                f"pixel_values has {channels} channels but the model expects {self.num_channels} "
+                f"(shape {expected}, got {tuple(pixel_values.shape)})."
+            )
+        height, width = pixel_values.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"Frame size {height}x{width} is not divisible by the patch size {self.patch_size}.")
+        pixel_values = pixel_values.to(self.projection.weight.dtype)
+        if self.is_video:
+            if pixel_values.shape[1] % self.tubelet_size:
+                raise ValueError(
+                    f"The number of frames ({pixel_values.shape[1]}) is not divisible by tubelet_size ({self.tubelet_size})."
+                )
+            patches = self.projection(pixel_values.transpose(1, 2))  # (B, D, T', h, w)
+        else:
+            patches = self.projection(pixel_values).unsqueeze(2)  # (B, D, 1, h, w)
+        return patches.permute(0, 2, 3, 4, 1)
+
+
+def _interpolate_spatial(position_embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(1, 1 + g*g, D) -> (1, 1 + height*width, D): bicubic on the grid, cls position copied."""
+    cls_position, grid = position_embeddings[:, :1], position_embeddings[:, 1:]
+    side = int(math.sqrt(grid.shape[1]))
+    if (side, side) == (height, width):
+        return position_embeddings
+    grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, height * width, -1).to(position_embeddings.dtype)
+    return torch.cat([cls_position, grid], dim=1)
+
+
+def _interpolate_temporal(temporal_embeddings: torch.Tensor, frames: int) -> torch.Tensor:
+    """(1, T, D) -> (1, frames, D) by linear interpolation along time."""
+    if temporal_embeddings.shape[1] == frames:
+        return temporal_embeddings
+    resized = F.interpolate(temporal_embeddings.transpose(1, 2).float(), size=frames, mode="linear", align_corners=False)
+    return resized.transpose(1, 2).to(temporal_embeddings.dtype)
+
+
+class VideoMambaEmbeddings(nn.Module):
+    """Patches + cls token + spatial position embeddings (+ temporal embeddings on patches, for video)."""
+
+    def __init__(self, config: VideoMambaConfig):
+        super().__init__()
+        self.config = config
+        self.is_video = is_video = config.modality == "video"
+        self.patch_embeddings = VideoMambaPatchEmbeddings(config)
+        frames, side, _ = config.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + side * side, config.hidden_size))
+        if is_video:
+            self.temporal_position_embeddings = nn.Parameter(torch.zeros(1, frames, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def _check_size(self, pixel_values: torch.Tensor):
+        height, width = pixel_values.shape[-2:]
+        size = self.config.image_size
+        if (height, width) != (size, size):
+            raise ValueError(
+                f"Input frame size ({height}x{width}) doesn't match the model ({size}x{size}). "
+                "Pass interpolate_pos_encoding=True to run at another resolution."
+            )
+        if self.is_video and pixel_values.dim() == 5 and pixel_values.shape[1] != self.config.num_frames:
+            raise ValueError(
+                f"Input has {pixel_values.shape[1]} frames but the model expects {self.config.num_frames}. "
+                "Pass interpolate_pos_encoding=True to run another number of frames."
+            )
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+        """Returns tokens (B, 1 + T'*h*w, D), cls first, and the patch grid (T', h, w)."""
+        patches = self.patch_embeddings(pixel_values)
+        if not interpolate_pos_encoding:
+            self._check_size(pixel_values)
+        batch, frames, height, width, dim = patches.shape
+        position = _interpolate_spatial(self.position_embeddings, height, width)
+        patches = patches + position[:, 1:].reshape(1, 1, height, width, dim)
+        if self.is_video:
+            temporal = _interpolate_temporal(self.temporal_position_embeddings, frames)
+            patches = patches + temporal.reshape(1, frames, 1, 1, dim)
+        cls = (self.cls_token + position[:, :1]).expand(batch, -1, -1)
+        tokens = torch.cat([cls, patches.reshape(batch, frames * height * width, dim)], dim=1)
+        return self.dropout(tokens), (frames, height, width)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------------------
+
+
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """Upcast half precision to float32; float64 stays float64."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
+class VideoMambaRMSNorm(nn.Module):
+    """RMSNorm computed in (at least) float32: x * rsqrt(mean(x^2) + eps) * weight."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., D) in float32 or float64 (callers cast to their compute dtype)."""
+        hidden_states = _at_least_fp32(hidden_states)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return hidden_states * torch.rsqrt(variance + self.eps) * self.weight.to(hidden_states.dtype)
+
+
+class VideoMambaLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in (at least) float32 (the `rms_norm=False` variant)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = _at_least_fp32(hidden_states)
+        bias = None if self.bias is None else self.bias.to(hidden_states.dtype)
+        return F.layer_norm(hidden_states, self.normalized_shape, self.weight.to(hidden_states.dtype), bias, self.eps)
+
+
+def make_norm(config: VideoMambaConfig) -> nn.Module:
+    if config.rms_norm:
+        return VideoMambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+    return VideoMambaLayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+
+
+class VideoMambaDropPath(nn.Module):
+    """Stochastic depth: zeroes whole samples of a residual branch during training, rescaling the rest."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep = 1.0 - self.drop_prob
+        mask = hidden_states.new_empty((hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)).bernoulli_(keep)
+        return hidden_states * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class VideoMambaMixer(nn.Module):
+    """Bidirectional Mamba ("bimamba v2"): a selective scan forward and one over the flipped sequence.
+
+    Both branches share `in_proj` and `out_proj` and have their own conv, projections, A and D (the
+    backward ones suffixed `_b`). out = out_proj(f(x, z) + flip(f_b(flip(x), flip(z)))).
+    """
+
+    def __init__(self, config: VideoMambaConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        hidden, inner = config.hidden_size, config.intermediate_size
+        rank, state, kernel = config.time_step_rank, config.state_size, config.conv_kernel
+        self.intermediate_size, self.time_step_rank, self.state_size = inner, rank, state
+
+        self.in_proj = nn.Linear(hidden, 2 * inner, bias=False)
+        # Parameter names follow the original checkpoints, so converted weights load without renaming.
+        self.conv1d = nn.Conv1d(inner, inner, kernel, groups=inner, padding=kernel - 1)
+        self.x_proj = nn.Linear(inner, rank + 2 * state, bias=False)
+        self.dt_proj = nn.Linear(rank, inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(inner, state))
+        self.D = nn.Parameter(torch.ones(inner))
+        self.conv1d_b = nn.Conv1d(inner, inner, kernel, groups=inner, padding=kernel - 1)
+        self.x_proj_b = nn.Linear(inner, rank + 2 * state, bias=False)
+        self.dt_proj_b = nn.Linear(rank, inner, bias=True)
+        self.A_b_log = nn.Parameter(torch.empty(inner, state))
+        self.D_b = nn.Parameter(torch.ones(inner))
+        self.out_proj = nn.Linear(inner, hidden, bias=False)
+
+    def _branch_inputs(self, x, conv, x_proj, dt_proj, use_kernel):
+        """x (B, inner, L) -> u, delta (B, inner, L) and B, C (B, state, L) of one scan direction."""
+        u = causal_conv1d(x, conv.weight.squeeze(1), conv.bias, use_kernel=use_kernel)
+        dt, B, C = x_proj(u.transpose(1, 2)).split([self.time_step_rank, self.state_size, self.state_size], dim=-1)
+        delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # dt bias is added inside the scan, in fp32
+        return u, delta, B.transpose(1, 2), C.transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, L, hidden_size) -> (B, L, hidden_size), in the compute dtype."""
+        implementation = resolve_implementation(self.config.scan_implementation, hidden_states.device)
+        use_kernel = implementation == "cuda"
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, inner, L) each
+        forward = self._branch_inputs(x, self.conv1d, self.x_proj, self.dt_proj, use_kernel)
+        backward = self._branch_inputs(x.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, use_kernel)
+        # Both directions run as one scan: channels stacked, each direction its own B/C group.
+        y = selective_scan(
+            torch.cat([forward[0], backward[0]], dim=1),
+            torch.cat([forward[1], backward[1]], dim=1),
+            torch.cat([-torch.exp(self.A_log.float()), -torch.exp(self.A_b_log.float())]),
+            torch.stack([forward[2], backward[2]], dim=1),
+            torch.stack([forward[3], backward[3]], dim=1),
+            D=torch.cat([self.D, self.D_b]).float(),
+            z=torch.cat([z, z.flip(-1)], dim=1),
+            delta_bias=torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
+            delta_softplus=True,
+            implementation=implementation,
+        )
+        y_forward, y_backward = y.chunk(2, dim=1)
+        return self.out_proj((y_forward + y_backward.flip(-1)).transpose(1, 2))
+
+
+class VideoMambaLayer(GradientCheckpointingLayer):
+    """Pre-norm residual block: stream + drop_path(mixer(norm(stream))), the stream in fp32 if configured."""
+
+    def __init__(self, config: VideoMambaConfig, layer_idx: int, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.norm = make_norm(config)
+        self.mixer = VideoMambaMixer(config, layer_idx)
+        self.drop_path = VideoMambaDropPath(drop_path_rate)
+
+    def forward(self, hidden_states: torch.Tensor, scan_order: torch.Tensor = None) -> torch.Tensor:
+        """hidden_states: the residual stream (B, L, D). `scan_order` (L,) permutes the tokens the mixer sees."""
+        normed = self.norm(hidden_states).to(self.mixer.in_proj.weight.dtype)
+        if scan_order is None:
+            mixed = self.mixer(normed)
+        else:
+            mixed = torch.empty_like(normed)
+            mixed[:, scan_order] = self.mixer(normed[:, scan_order])
+        return hidden_states + self.drop_path(mixed).to(hidden_states.dtype)
+
+
+def temporal_first_order(frames: int, height: int, width: int, device=None) -> torch.Tensor:
+    """Token permutation (1 + T*h*w,) visiting each position through time before moving on; cls stays first."""
+    patches = torch.arange(frames * height * width, device=device).reshape(frames, height * width)
+    return torch.cat([torch.zeros(1, dtype=torch.long, device=device), 1 + patches.t().reshape(-1)])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------
+
+
+class VideoMambaPreTrainedModel(PreTrainedModel):
+    config_class = VideoMambaConfig
+    config: VideoMambaConfig
+    base_model_prefix = "videomamba"
+    main_input_name = "pixel_values"
+    input_modalities = "video"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VideoMambaEmbeddings", "VideoMambaLayer"]
+    _keep_in_fp32_modules = ["A_log", "A_b_log", "D", "D_b"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """The original VideoMamba initialisation (optionally Mamba's step-size bias, `dt_init="mamba"`)."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            # The original leaves convolutions at PyTorch's default initialisation.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()
+                bound = 1 / math.sqrt(fan_in)
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (VideoMambaRMSNorm, nn.LayerNorm)):
+            init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, VideoMambaEmbeddings):
+            init.zeros_(module.cls_token)
+            init.trunc_normal_(module.position_embeddings, std=std)
+            if module.is_video:
+                init.zeros_(module.temporal_position_embeddings)
+        elif isinstance(module, VideoMambaMixer):
+            log_a = torch.log(torch.arange(1, module.state_size + 1, dtype=torch.float32)).repeat(module.intermediate_size, 1)
+            init.copy_(module.A_log, log_a)
+            init.copy_(module.A_b_log, log_a)
+            init.ones_(module.D)
+            init.ones_(module.D_b)
+            # GPT-2-style rescaling of the residual branch's output projection, as the original.
+            init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+            init.copy_(module.out_proj.weight, module.out_proj.weight / math.sqrt(self.config.num_hidden_layers))
+            if self.config.dt_init == "mamba":
+                self._init_mamba_time_step(module)
+
+    def _init_mamba_time_step(self, mixer: VideoMambaMixer):
+        """Mamba's step-size init: dt ~ logUniform[min, max], bias = softplus^{-1}(dt)."""
+        low, high = math.log(self.config.time_step_min), math.log(self.config.time_step_max)
+        bound = mixer.time_step_rank**-0.5
+        for projection in (mixer.dt_proj, mixer.dt_proj_b):
+            init.uniform_(projection.weight, -bound, bound)
+            dt = torch.exp(torch.rand(mixer.intermediate_size) * (high - low) + low).clamp(min=1e-4)
+            init.copy_(projection.bias, dt + torch.log(-torch.expm1(-dt)))
+
+
+class VideoMambaModel(VideoMambaPreTrainedModel):
+    """The VideoMamba backbone; `config.modality == "image"` builds the image variant (no temporal embedding)."""
+
+    def __init__(self, config: VideoMambaConfig):
+        super().__init__(config)
+        self.is_video = config.modality == "video"
+        self.embeddings = VideoMambaEmbeddings(config)
+        depth = config.num_hidden_layers
+        rates = [config.drop_path_rate * idx / max(depth - 1, 1) for idx in range(depth)]
+        self.layers = nn.ModuleList(
+            [VideoMambaLayer(config, idx, drop_path_rate=rate) for idx, rate in enumerate(rates)]
+        )
+        self.norm_f = make_norm(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.patch_embeddings
+
+    def _scan_orders(self, grid, device):
+        """Per block, the token permutation its mixer scans in (None = spatial-first)."""
+        order = self.config.token_order
+        if order == "spatial_first" or not self.is_video:
+            return [None] * len(self.layers)
+        temporal = temporal_first_order(*grid, device=device)
+        if order == "temporal_first":
+            return [temporal] * len(self.layers)
+        return [temporal if idx % 2 else None for idx in range(len(self.layers))]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = None,
+        return_dict: bool = None,
+        **kwargs,
+    ):
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, frames, channels, height, width)`, or
+            `(batch, channels, height, width)` for the image variant):
+            Frames normalised as the video processor does.
+        interpolate_pos_encoding (`bool`): Interpolate the position (bicubic) and temporal (linear)
+            embeddings to the input's size instead of raising on a mismatch.
+        """
+        if pixel_values is None:
+            raise ValueError("VideoMambaModel needs pixel_values.")
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+
+        tokens, grid = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        stream = _at_least_fp32(tokens) if self.config.residual_in_fp32 else tokens
+        all_hidden_states = []
+        for layer, scan_order in zip(self.layers, self._scan_orders(grid, tokens.device)):
+            if output_hidden_states:
+                all_hidden_states.append(stream)
+            stream = layer(stream, scan_order)
+        if output_hidden_states:
+            all_hidden_states.append(stream)
+        last_hidden_state = self.norm_f(stream).to(tokens.dtype)
+        pooled = last_hidden_state[:, 0]
+        hidden_states = tuple(all_hidden_states) if output_hidden_states else None
+        if not return_dict:
+            return tuple(v for v in (last_hidden_state, pooled, hidden_states) if v is not None)
+        return VideoMambaModelOutput(last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states)
+
+
+class _VideoMambaClassifierMixin:
+    """A linear head on the normalised cls token, with transformers' loss conventions (`problem_type`)."""
+
+    def _build_head(self, config: VideoMambaConfig):
+        self.num_labels = config.num_labels
+        self.videomamba = VideoMambaModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor = None,
+        labels: torch.Tensor = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = None,
+        return_dict: bool = None,
+        **kwargs,
+    ):
+        r"""
+        labels (`torch.LongTensor` of shape `(batch,)`, or float `(batch, num_labels)` for soft or
+            multi-label targets): Computes the classification loss (regression when `num_labels == 1`).
+        Returns logits of shape `(batch, num_labels)`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.videomamba(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None if labels is None else self.loss_function(labels, logits, self.config, **kwargs)
+        if not return_dict:
+            output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class VideoMambaForVideoClassification(_VideoMambaClassifierMixin, VideoMambaPreTrainedModel):
+    """VideoMamba with a linear head on the cls token. Input (B, T, C, H, W); logits (B, num_labels)."""
+
+    def __init__(self, config: VideoMambaConfig):
+        super().__init__(config)
+        self._build_head(config)
+        self.post_init()
+
+
+class VideoMambaForImageClassification(_VideoMambaClassifierMixin, VideoMambaPreTrainedModel):
+    """The paper's ImageNet model: Conv2d patches, no temporal embedding. Input (B, C, H, W); logits (B, num_labels)."""
+
+    input_modalities = "image"
+
+    def __init__(self, config: VideoMambaConfig):
+        config.modality = "image"
+        super().__init__(config)
+        self._build_head(config)
+        self.post_init()
+
+
+__all__ = [
+    "VideoMambaModel",
+    "VideoMambaForVideoClassification",
+    "VideoMambaForImageClassification",
+    "VideoMambaPreTrainedModel",
+    "VideoMambaModelOutput",
+]

@@ -1,0 +1,1 @@
+"""Video processor and processor for VideoMamba (installed as `modeling_videomamba.processors`)."""
