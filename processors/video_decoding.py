@@ -3,8 +3,10 @@
 `read_video` decodes only the frames a sampler asks for. It first demuxes the video stream (cheap: no
 decoding) to count the frames that are really there -- container metadata is often missing or wrong --
 and to learn their timestamps and keyframes; then it decodes the requested frames, seeking to a keyframe
-whenever that skips decoding work. If frames that demuxed do not decode (a damaged file), it counts the
-frames that do decode, samples again from that count and keeps them, with a `VideoDecodingWarning`.
+whenever that skips decoding work. If frames fail to decode, or the header's frame count (or duration)
+disagrees with the packets (a sign of a truncated or damaged file), it decodes sequentially instead,
+counting the frames that do decode, samples from that count, and warns (`VideoDecodingWarning`).
+(A damaged packet that neither the header nor the requested frames reveal is counted as a frame.)
 
 The samplers return frame indices of shape (num_clips, num_frames):
 - `segment_indices`: the clip is cut into `num_frames` equal segments; training takes a random frame of
@@ -183,6 +185,11 @@ def _frames_from_duration(container, stream, fps):
     return int(round(seconds * fps))
 
 
+def _disagree(claimed, counted):
+    """Whether a frame count from metadata (0: unknown) is off from the counted one beyond rounding."""
+    return bool(claimed) and abs(claimed - counted) > max(2, 0.02 * claimed)
+
+
 def _decoded_frames(container, stream, errors):
     """Decoded frames of `stream` from the container's current position, skipping packets that fail.
 
@@ -216,7 +223,8 @@ def _index_packets(container, stream, errors):
 def _read_with_seeks(container, stream, targets, pts, keyframe_pts, errors):
     """Decode the frames at sorted indices `targets`, seeking forward to a keyframe when that skips work.
 
-    Returns {index: RGB uint8 array (H, W, 3)}; a frame that does not decode is simply absent.
+    Returns {index: RGB uint8 array (H, W, 3)} (a frame that does not decode is absent), or None where
+    seeking or timestamps do not work for this stream.
     """
     order = sorted(pts)
     index_of = {value: i for i, value in enumerate(order)}
@@ -231,13 +239,11 @@ def _read_with_seeks(container, stream, targets, pts, keyframe_pts, errors):
         if decoder is None or nearest_keyframe > current + 1:
             try:
                 container.seek(order[nearest_keyframe], stream=stream, backward=True)
-            except av.FFmpegError:
-                if decoder is not None:  # cannot seek here: decode on from where we are
-                    nearest_keyframe = -1
-                else:
-                    raise
-            if nearest_keyframe >= 0:
                 decoder = _decoded_frames(container, stream, errors)
+            except av.FFmpegError:
+                if decoder is None:
+                    return None  # cannot even rewind: let the caller decode sequentially
+                # else cannot seek here: decode on from where we are
         for frame in decoder:
             current = index_of.get(frame.pts, -1)
             if current < 0:
@@ -251,29 +257,33 @@ def _read_with_seeks(container, stream, targets, pts, keyframe_pts, errors):
     return frames
 
 
-def _read_sequentially(source, sampler, expected):
-    """Fallback for damaged or unseekable streams: count what decodes, sample from that, decode again."""
-    errors = []
+def _sample(sampler, count, name):
+    """Indices from `sampler(count)` (all frames if None), checked to lie in [0, count)."""
+    indices = np.asarray(sampler(count) if sampler is not None else np.arange(count), dtype=np.int64)
+    if indices.size == 0 or indices.min() < 0 or indices.max() >= count:
+        raise ValueError(f"The sampler returned indices outside [0, {count}) for {name!r}.")
+    return indices
+
+
+def _read_sequentially(source, sampler, errors):
+    """Fallback for damaged streams or unusable timestamps: count what decodes, sample, decode again.
+
+    Returns `(frames by index, indices, count of decodable frames)`.
+    """
     container, stream = source.open()
     with container:
         count = sum(1 for _ in _decoded_frames(container, stream, errors))
     if count == 0:
         raise VideoDecodingError(f"No frame of {source.name!r} could be decoded ({len(errors)} decoding errors).")
-    if count < expected:
-        warnings.warn(
-            f"{source.name!r}: only {count} of {expected} frames decode (damaged data?); sampling from those.",
-            VideoDecodingWarning,
-            stacklevel=3,
-        )
-    indices = np.asarray(sampler(count) if sampler is not None else np.arange(count), dtype=np.int64)
+    indices = _sample(sampler, count, source.name)
     wanted = set(indices.reshape(-1).tolist())
-    frames = {}
+    last, frames = max(wanted), {}
     container, stream = source.open()
     with container:
         for i, frame in enumerate(_decoded_frames(container, stream, [])):
             if i in wanted:
                 frames[i] = frame.to_ndarray(format="rgb24")
-            if i >= max(wanted):
+            if i >= last:
                 break
     if len(frames) != len(wanted):
         raise VideoDecodingError(f"{source.name!r} decodes differently on a second pass; cannot read it reliably.")
@@ -302,32 +312,31 @@ def read_video(source, sampler: Optional[Callable[[int], np.ndarray]] = None):
         fps = float(rate) if rate else None
         codec, claimed = stream.codec_context.name, stream.frames or _frames_from_duration(container, stream, fps)
         pts, keyframe_pts = _index_packets(container, stream, errors)
-        frames = indices = None
-        if pts:
-            indices = np.asarray(sampler(len(pts)) if sampler is not None else np.arange(len(pts)), dtype=np.int64)
-            if indices.size == 0 or indices.min() < 0 or indices.max() >= len(pts):
-                raise ValueError(f"The sampler returned indices outside [0, {len(pts)}) for {source.name!r}.")
-            timestamps_usable = None not in pts and len(set(pts)) == len(pts) and keyframe_pts
-            if timestamps_usable:
-                targets = sorted(set(indices.reshape(-1).tolist()))
-                try:
-                    frames = _read_with_seeks(container, stream, targets, pts, keyframe_pts, errors)
-                except av.FFmpegError as error:
-                    errors.append(error)
-                if frames is not None and len(frames) < len(targets):
-                    frames = None
+        frames = None
+        if not pts and not errors:
+            raise VideoDecodingError(f"{source.name!r} has a video stream but no frames.")
+        timestamps_usable = pts and None not in pts and len(set(pts)) == len(pts) and keyframe_pts
+        # A packet count far from the header's suggests damage: then count what decodes instead.
+        if timestamps_usable and not errors and not _disagree(claimed, len(pts)):
+            indices = _sample(sampler, len(pts), source.name)
+            targets = sorted(set(indices.reshape(-1).tolist()))
+            try:
+                frames = _read_with_seeks(container, stream, targets, pts, keyframe_pts, errors)
+            except av.FFmpegError as error:
+                errors.append(error)
+            if frames is not None and (errors or len(frames) < len(targets)):
+                frames = None  # some frames did not decode: indices over the packets would be off
     num_frames = len(pts)
-    if not pts and not errors:
-        raise VideoDecodingError(f"{source.name!r} has a video stream but no frames.")
     if frames is None:
-        frames, indices, num_frames = _read_sequentially(source, sampler, len(pts))
-    elif errors:
+        frames, indices, num_frames = _read_sequentially(source, sampler, errors)
+    if errors or num_frames < len(pts):
         warnings.warn(
-            f"{source.name!r} is damaged ({len(errors)} errors, first: {errors[0]}); read the frames that decode.",
+            f"{source.name!r} is damaged: {num_frames} of {len(pts)} frames decode ({len(errors)} errors, "
+            f"first: {errors[0] if errors else None}); sampling from the frames that decode.",
             VideoDecodingWarning,
             stacklevel=2,
         )
-    if claimed and abs(claimed - num_frames) > max(2, 0.02 * claimed):
+    if _disagree(claimed, num_frames):
         warnings.warn(
             f"{source.name!r}: its metadata claims about {claimed} frames but {num_frames} are there "
             f"(truncated or damaged, or wrong metadata); using {num_frames}.",
