@@ -1,7 +1,7 @@
 """Feeding a `datasets` video dataset through the video processor, without torchcodec.
 
     from datasets import Video, load_dataset
-    dataset = load_dataset("videofolder", data_dir="clips/")["train"]      # clips/<label>/<name>.mp4
+    dataset = load_dataset("videofolder", data_dir="clips/")["train"]  # clips/<label>/<name>.mp4 (mkv, avi, mov)
     dataset = dataset.cast_column("video", Video(decode=False))          # rows hold {"path", "bytes"}
     dataset.set_transform(dataset_video_transform(processor, training=True))
     dataset[0]["pixel_values"]  # (T, C, H, W); DataLoader/Trainer batches give (B, T, C, H, W)
