@@ -186,8 +186,12 @@ def _frames_from_duration(container, stream, fps):
 
 
 def _disagree(claimed, counted):
-    """Whether a frame count from metadata (0: unknown) is off from the counted one beyond rounding."""
-    return bool(claimed) and abs(claimed - counted) > max(2, 0.02 * claimed)
+    """Whether metadata (0: unknown) claims more frames than were counted, beyond rounding.
+
+    Only more: frames missing are the sign of a truncated or damaged file, while a low claim is usually a
+    rough estimate (MPEG-PS durations come from the bitrate) and costs nothing, since frames are counted.
+    """
+    return bool(claimed) and claimed - counted > max(2, 0.02 * claimed)
 
 
 def _decoded_frames(container, stream, errors):
