@@ -81,6 +81,14 @@ def real_clip():
     return path
 
 
+@pytest.fixture
+def tiny_config():
+    """The brief's tiny VideoMambaConfig: 32x32 frames, patch 8, 4 frames, width 32, 2 layers, 3 labels."""
+    from modeling_videomamba import VideoMambaConfig
+
+    return VideoMambaConfig(**TINY_CONFIG)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny VideoMambaForVideoClassification with its VideoMambaProcessor (3 named labels)."""

@@ -7,14 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
 from PIL import Image
 from video_fixtures import frame_index_of, frame_level, make_frames
 from transformers import AutoProcessor
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from modeling_videomamba import (
-    VideoMambaConfig,
     VideoMambaForVideoClassification,
     VideoMambaProcessor,
     VideoMambaVideoProcessor,
@@ -158,9 +156,9 @@ def test_multi_view_clips_and_crops(processor, videos):
     assert tall.shape == (3, 4, 3, 32, 32)
 
 
-def test_multi_view_predict_averages_over_the_views_of_each_video(processor, videos):
+def test_multi_view_predict_averages_over_the_views_of_each_video(processor, videos, tiny_config):
     torch.manual_seed(0)
-    model = VideoMambaForVideoClassification(VideoMambaConfig(**TINY_CONFIG)).eval()
+    model = VideoMambaForVideoClassification(tiny_config).eval()
     inputs = processor([videos["mp4"], videos["webm"]], num_temporal_clips=2, num_spatial_crops=3)
     probs = multi_view_predict(model, inputs["pixel_values"], inputs["num_views"], chunk_size=5)
     with torch.no_grad():
@@ -195,8 +193,8 @@ def test_bad_input_raises_a_clear_error(processor, videos_arg, kwargs, message):
         processor(videos_arg, **kwargs)
 
 
-def test_save_load_and_auto_classes(tmp_path, videos):
-    config = VideoMambaConfig(**TINY_CONFIG)
+def test_save_load_and_auto_classes(tmp_path, videos, tiny_config):
+    config = tiny_config
     processor = VideoMambaVideoProcessor.from_model_config(config, sampling="stride", num_spatial_crops=3)
     assert (processor.num_frames, processor.size, processor.crop_size) == (4, {"shortest_edge": 32}, {"height": 32, "width": 32})
     processor.save_pretrained(tmp_path)
@@ -213,8 +211,8 @@ def test_save_load_and_auto_classes(tmp_path, videos):
     assert torch.equal(auto(videos["mp4"])["pixel_values"], processor(videos["mp4"])["pixel_values"])
 
 
-def test_processor_wraps_the_video_processor(tmp_path, videos):
-    config = VideoMambaConfig(**TINY_CONFIG)
+def test_processor_wraps_the_video_processor(tmp_path, videos, tiny_config):
+    config = tiny_config
     config.save_pretrained(tmp_path)
     processor = VideoMambaProcessor(VideoMambaVideoProcessor.from_model_config(config, frame_stride=2))
     processor.save_pretrained(tmp_path)
