@@ -81,14 +81,17 @@ def _split_videos(videos):
             return [videos]
         if videos.ndim == 5:
             return list(videos)
-        raise ValueError(f"A video array must be (T, H, W, C) or (T, C, H, W), or 5-D for a batch; got shape {tuple(videos.shape)}.")
+        raise ValueError(
+            f"A video array must be (T, H, W, C) or (T, C, H, W), or 5-D for a batch; got shape {tuple(videos.shape)}."
+        )
     if isinstance(videos, (list, tuple)) and videos:
         if all(_is_frame(frame) for frame in videos):
             return [list(videos)]
         return list(videos)
+    empty = " (empty)" if isinstance(videos, (list, tuple)) else ""
     raise ValueError(
         "Expected videos as a path, bytes, a file object, an array (T, H, W, C) or (T, C, H, W), a list of "
-        f"frames, or a list of those; got {type(videos).__name__}{' (empty)' if isinstance(videos, (list, tuple)) else ''}."
+        f"frames, or a list of those; got {type(videos).__name__}{empty}."
     )
 
 
@@ -100,7 +103,9 @@ def _channels_first(video, input_data_format):
     if input_data_format is None:
         last, first = video.shape[-1] in (1, 3, 4), video.shape[1] in (1, 3, 4)
         if not (last or first):
-            raise ValueError(f"Cannot find the channel axis (1, 3 or 4 channels) of a video of shape {tuple(video.shape)}.")
+            raise ValueError(
+                f"Cannot find the channel axis (1, 3 or 4 channels) of a video of shape {tuple(video.shape)}."
+            )
         input_data_format = "channels_last" if last else "channels_first"
     if str(input_data_format).endswith("last"):
         video = video.permute(0, 3, 1, 2)
@@ -235,17 +240,25 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         """
         unknown = sorted(set(kwargs) - set(_CALL_OPTIONS))
         if unknown:
-            raise ValueError(f"Unexpected arguments {unknown} for {type(self).__name__}; accepted: {list(_CALL_OPTIONS)}.")
+            raise ValueError(
+                f"Unexpected arguments {unknown} for {type(self).__name__}; accepted: {list(_CALL_OPTIONS)}."
+            )
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
         options = self._options(kwargs)
         self._validate(options)
         if training and (options["num_temporal_clips"] > 1 or options["num_spatial_crops"] > 1):
-            raise ValueError("Multi-view outputs (num_temporal_clips/num_spatial_crops > 1) are for evaluation, not training.")
+            raise ValueError(
+                "Multi-view outputs (num_temporal_clips/num_spatial_crops > 1) are for evaluation, not training."
+            )
         rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
 
-        clips_per_video = [self._sample_clips(video, options, training, rng, input_data_format) for video in _split_videos(videos)]
-        views = [view for clips in clips_per_video for clip in clips for view in self._transform(clip, options, training, rng)]
+        views = [
+            view
+            for video in _split_videos(videos)
+            for clip in self._sample_clips(video, options, training, rng, input_data_format)
+            for view in self._transform(clip, options, training, rng)
+        ]
         if len({tuple(view.shape) for view in views}) > 1:
             raise ValueError(
                 "Videos end up with different shapes and cannot be batched: "
@@ -276,7 +289,9 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
             return [_channels_first(clip, "channels_last") for clip in frames]
         if isinstance(video, (list, tuple)):
             if not video or not all(_is_frame(frame) for frame in video):
-                raise ValueError("A video given as a list must be a non-empty list of frames (PIL images or 3-D arrays).")
+                raise ValueError(
+                    "A video given as a list must be a non-empty list of frames (PIL images or 3-D arrays)."
+                )
             video = np.stack([_to_frame_array(frame) for frame in video])
         video = _channels_first(video, input_data_format)
         if not options["do_sample_frames"]:
@@ -287,7 +302,8 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         """The spatial views (each (T, C, H, W), normalised) of one clip."""
         height, width = options["crop_size"]["height"], options["crop_size"]["width"]
         if training:
-            clip = random_resized_crop(clip, height, width, options["train_crop_scale"], options["train_crop_ratio"], rng)
+            scale, ratio = options["train_crop_scale"], options["train_crop_ratio"]
+            clip = random_resized_crop(clip, height, width, scale, ratio, rng)
             if options["train_flip"] and rng.random() < 0.5:
                 clip = horizontal_flip(clip)
             views = [clip]
