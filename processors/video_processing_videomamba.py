@@ -107,7 +107,10 @@ def _channels_first(video, input_data_format):
                 f"Cannot find the channel axis (1, 3 or 4 channels) of a video of shape {tuple(video.shape)}."
             )
         input_data_format = "channels_last" if last else "channels_first"
-    if str(input_data_format).endswith("last"):
+    input_data_format = getattr(input_data_format, "value", input_data_format)  # a transformers ChannelDimension
+    if input_data_format not in ("channels_last", "channels_first"):
+        raise ValueError(f"input_data_format must be 'channels_last' or 'channels_first', got {input_data_format!r}.")
+    if input_data_format == "channels_last":
         video = video.permute(0, 3, 1, 2)
     channels = video.shape[1]
     if channels == 1:

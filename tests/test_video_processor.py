@@ -93,6 +93,14 @@ def test_every_input_type_gives_the_same_pixels(processor, videos):
     assert torch.equal(processor(videos["mkv"].read_bytes())["pixel_values"], from_file)
     with open(videos["mkv"], "rb") as file:
         assert torch.equal(processor(file)["pixel_values"], from_file)
+    from transformers.image_utils import ChannelDimension
+
+    # 3 frames of 3 rows: both axes could be channels, the stated format decides.
+    square = np.random.default_rng(0).integers(0, 256, (3, 3, 3, 3), dtype=np.uint8)
+    first = processor(square, do_sample_frames=False, do_resize=False, crop_size=3, input_data_format="channels_first")
+    last = processor(square.transpose(0, 2, 3, 1), do_sample_frames=False, do_resize=False, crop_size=3,
+                     input_data_format=ChannelDimension.LAST)
+    assert torch.equal(first["pixel_values"], last["pixel_values"])
     grey = processor(frames[..., :1])["pixel_values"]  # 1 channel -> RGB
     assert torch.allclose(grey[:, :, 0], grey[:, :, 2] * STD[2] / STD[0] + (MEAN[2] - MEAN[0]) / STD[0], atol=1e-5)
 
@@ -182,6 +190,7 @@ def test_multi_view_predict_averages_over_the_views_of_each_video(processor, vid
         ([], {}, "empty"),
         (np.zeros((4, 5)), {}, "shape"),
         (np.zeros((4, 8, 8, 7)), {}, "channel"),
+        (make_frames(4), {"input_data_format": "last"}, "input_data_format"),
         ([make_frames(4), make_frames(2, 20, 20)], {"do_sample_frames": False}, "different shapes"),
         ("https://example.com/v.mp4", {}, "Download"),
         (make_frames(4, 16, 16), {"do_resize": False}, "Cannot crop"),
