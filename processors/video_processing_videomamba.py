@@ -96,7 +96,11 @@ def _split_videos(videos):
 
 
 def _channels_first(video, input_data_format):
-    """(T, C, H, W) float32 tensor with 3 channels from an array/tensor (T, H, W, C) or (T, C, H, W)."""
+    """(T, C, H, W) tensor with 3 channels from an array/tensor (T, H, W, C) or (T, C, H, W).
+
+    uint8 stays uint8 (resizing uint8 is several times cheaper than converting full frames to float first);
+    other dtypes become float32.
+    """
     video = torch.as_tensor(np.ascontiguousarray(video) if isinstance(video, np.ndarray) else video)
     if video.ndim != 4:
         raise ValueError(f"A video must have 4 dimensions (T, H, W, C) or (T, C, H, W); got shape {tuple(video.shape)}.")
@@ -119,7 +123,7 @@ def _channels_first(video, input_data_format):
         video = video[:, :3]
     elif channels != 3:
         raise ValueError(f"Expected 1, 3 or 4 channels, got {channels} (video of shape {tuple(video.shape)}).")
-    return video.to(torch.float32)
+    return video if video.dtype == torch.uint8 else video.to(torch.float32)
 
 
 class VideoMambaVideoProcessor(VideoProcessorMixin):
@@ -275,7 +279,7 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         return BatchFeature(data=data)
 
     def _sample_clips(self, video, options, training, rng, input_data_format):
-        """List of clips (T, C, H, W) float32 (0-255 for decoded input) of one video, one per temporal view."""
+        """List of clips (T, C, H, W) (uint8 for decoded input) of one video, one per temporal view."""
         num_clips = 1 if training else options["num_temporal_clips"]
 
         def sampler(num_total):
@@ -319,7 +323,7 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
                 views = [center_crop(clip, height, width) if options["do_center_crop"] else clip]
         return [
             rescale_and_normalize(
-                view,
+                view.to(torch.float32),
                 options["rescale_factor"] if options["do_rescale"] else None,
                 options["image_mean"] if options["do_normalize"] else None,
                 options["image_std"],
