@@ -23,6 +23,8 @@ FORMATS = {
     "wmv": ("wmv", "wmv2", "yuv420p"),
     "3gp": ("3gp", "mpeg4", "yuv420p"),
     "mpg": ("mpg", "mpeg2video", "yuv420p"),
+    "ts": ("ts", "h264", "yuv420p"),
+    "h264": ("h264", "h264", "yuv420p"),  # a raw elementary stream: no timestamps, no frame rate
 }
 
 
