@@ -7,7 +7,6 @@ torchvision: decoding is PyAV (`video_decoding.py`) and the transforms are torch
 This file imports its siblings only relatively, so `save_pretrained` can copy it for `trust_remote_code`.
 """
 
-import os
 
 import numpy as np
 import torch
@@ -15,7 +14,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import VideoProcessorMixin
 
-from .video_decoding import SAMPLING_MODES, read_video, sample_frame_indices
+from .video_decoding import SAMPLING_MODES, is_video_source, read_video, sample_frame_indices
 from .video_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -55,10 +54,6 @@ def _size_dict(size, keys):
     raise ValueError(f"Expected a positive int or a dict with keys {list(keys)}, got {size!r}.")
 
 
-def _is_source(video):
-    return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read")
-
-
 def _is_frame(frame):
     """A single image: a PIL image or an array/tensor (H, W, C) / (C, H, W)."""
     return (hasattr(frame, "mode") and hasattr(frame, "size")) or (
@@ -74,7 +69,7 @@ def _to_frame_array(frame):
 
 def _split_videos(videos):
     """A batch as a list of videos, each a source (path, bytes, file), an array (T, ...) or a frame list."""
-    if _is_source(videos):
+    if is_video_source(videos):
         return [videos]
     if isinstance(videos, (np.ndarray, torch.Tensor)):
         if videos.ndim == 4:
@@ -288,7 +283,7 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
                 training=training, num_clips=num_clips, rng=rng,
             )
 
-        if _is_source(video):
+        if is_video_source(video):
             if isinstance(video, str) and video.startswith(("http://", "https://")):
                 raise ValueError(f"Download {video!r} first: this processor reads local files, bytes and file objects.")
             frames, _ = read_video(video, sampler if options["do_sample_frames"] else None)
