@@ -7,7 +7,6 @@ torchvision: decoding is PyAV (`video_decoding.py`) and the transforms are torch
 This file imports its siblings only relatively, so `save_pretrained` can copy it for `trust_remote_code`.
 """
 
-
 import numpy as np
 import torch
 from transformers.image_processing_utils import BatchFeature
