@@ -136,6 +136,7 @@ class _BlockedScan(torch.autograd.Function):
         states_full = u.new_empty((block + 1,) + shape)
         decay = u.new_empty((block,) + shape)
         adjoint = u.new_empty((block,) + shape)
+        work = u.new_empty((block,) + shape)
         decay_views, adjoint_views = decay.unbind(0), adjoint.unbind(0)
         state_views = states_full.unbind(0)
         delta_u = delta * u
@@ -163,15 +164,18 @@ class _BlockedScan(torch.autograd.Function):
             for t in range(size - 2, -1, -1):
                 adjoint_views[t].addcmul_(decay_views[t + 1], adjoint_views[t + 1])
             carry = decay[0] * adjoint[0]
-            # dL/d(delta_t A) elementwise: lambda_t * exp(delta_t A) * s_{t-1}.
-            log_decay_grad = lambdas * decay[:size] * previous_states
-            grad_A += (log_decay_grad * delta[start:stop].unsqueeze(3)).sum((0, 1))
+            # w = dL/d(delta_t A) elementwise = lambda_t * exp(delta_t A) * s_{t-1}; the decay buffer
+            # is free from here on and holds the products (reductions over D are faster as mul + sum
+            # than as matrix-vector products here).
+            w, product = work[:size], decay[:size]
+            torch.mul(lambdas, product, out=w).mul_(previous_states)
+            torch.sum(torch.mul(w, A, out=product), 3, out=grad_delta[start:stop])
+            grad_A += w.mul_(delta[start:stop].unsqueeze(3)).sum((0, 1))
             lambda_B = torch.matmul(B[start:stop].unsqueeze(-2), lambdas).squeeze(-2)  # (T, b, g, dg)
             torch.mul(lambda_B, delta[start:stop], out=grad_u[start:stop])
-            torch.mul(lambda_B, u[start:stop], out=grad_delta[start:stop])
-            grad_delta[start:stop] += (log_decay_grad * A).sum(3)
-            torch.matmul(lambdas, delta_u[start:stop].unsqueeze(-1), out=grad_B[start:stop].unsqueeze(-1))
-            torch.matmul(states, grad_y[start:stop].unsqueeze(-1), out=grad_C[start:stop].unsqueeze(-1))
+            grad_delta[start:stop].addcmul_(lambda_B, u[start:stop])
+            torch.sum(torch.mul(lambdas, delta_u[start:stop].unsqueeze(3), out=product), -1, out=grad_B[start:stop])
+            torch.sum(torch.mul(states, grad_y[start:stop].unsqueeze(3), out=product), -1, out=grad_C[start:stop])
         return grad_u, grad_delta, grad_A, grad_B, grad_C
 
 
