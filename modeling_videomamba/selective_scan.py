@@ -299,4 +299,20 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor = No
     return F.silu(out)
 
 
+def causal_conv1d_tokens_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor = None):
+    """`causal_conv1d` in token-major layout: x (batch, L, dim) -> SiLU(conv) (batch, L, dim).
+
+    The depthwise kernel is tiny (4 taps), so shifted multiply-adds along L beat transposing to
+    (batch, dim, L) and back around F.conv1d.
+    """
+    kernel = weight.shape[-1]
+    last = weight[:, -1]
+    out = x * last if bias is None else torch.addcmul(bias, x, last)
+    for tap in range(kernel - 1):
+        shift = kernel - 1 - tap  # this tap reads x[t - shift]
+        if shift < x.shape[1]:
+            out[:, shift:].addcmul_(x[:, :-shift], weight[:, tap])
+    return F.silu(out)
+
+
 __all__ = ["selective_scan", "selective_scan_reference", "causal_conv1d", "cuda_kernels_available"]
