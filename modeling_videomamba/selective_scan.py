@@ -21,6 +21,7 @@ back in the dtype of `u`. Implementations:
 """
 
 import importlib.util
+import math
 
 import torch
 import torch.nn.functional as F
@@ -95,10 +96,13 @@ class _BlockedScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def _fill_block(u, delta, A, B, start, stop, decay, states):
-        """decay[:, t] = exp(delta_t A) and states[:, t] = delta_t u_t B_t for the block's tokens."""
+    def _fill_block(u, delta, A_log2, B, start, stop, decay, states):
+        """decay[:, t] = exp(delta_t A) and states[:, t] = delta_t u_t B_t for the block's tokens.
+
+        A_log2 = A * log2(e): exp2 is markedly cheaper than exp on CPU and the scan is exp-bound.
+        """
         size = stop - start
-        torch.mul(delta[:, start:stop].unsqueeze(3), A, out=decay[:, :size]).exp_()
+        torch.exp2(torch.mul(delta[:, start:stop].unsqueeze(3), A_log2, out=decay[:, :size]), out=decay[:, :size])
         delta_u = delta[:, start:stop] * u[:, start:stop]
         torch.mul(delta_u.unsqueeze(3), B[:, start:stop].unsqueeze(-1), out=states[:, :size])
         return delta_u
@@ -110,12 +114,13 @@ class _BlockedScan(torch.autograd.Function):
         shape = (batch, block, groups, A.shape[1], dg)
         decay, states = u.new_empty(shape), u.new_empty(shape)
         decay_views, state_views = decay.unbind(1), states.unbind(1)
+        A_log2 = A * math.log2(math.e)
         blocks = _block_starts(length)
         checkpoints = u.new_zeros((len(blocks), batch, groups, A.shape[1], dg))
         y = u.new_empty(batch, length, groups, dg)
         for index, (start, stop) in enumerate(blocks):
             size = stop - start
-            _BlockedScan._fill_block(u, delta, A, B, start, stop, decay, states)
+            _BlockedScan._fill_block(u, delta, A_log2, B, start, stop, decay, states)
             previous = checkpoints[index]
             for decay_t, state_t in zip(decay_views[:size], state_views[:size]):
                 state_t.addcmul_(decay_t, previous)
@@ -141,6 +146,7 @@ class _BlockedScan(torch.autograd.Function):
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
         grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
         grad_A = torch.zeros_like(A)
+        A_log2 = A * math.log2(math.e)
         # carry = exp(delta_{t+1} A) * lambda_{t+1}: the adjoint flowing into a block's last token.
         carry = grad_last_state
         blocks = _block_starts(length)
@@ -149,7 +155,7 @@ class _BlockedScan(torch.autograd.Function):
             size = stop - start
             states, previous_states = states_full[:, 1 : size + 1], states_full[:, :size]
             states_full[:, 0].copy_(checkpoints[index])
-            delta_u = _BlockedScan._fill_block(u, delta, A, B, start, stop, decay, states_full[:, 1:])
+            delta_u = _BlockedScan._fill_block(u, delta, A_log2, B, start, stop, decay, states_full[:, 1:])
             for decay_t, state_t, previous in zip(decay_views[:size], state_views[1 : size + 1], state_views[:size]):
                 state_t.addcmul_(decay_t, previous)
             # Adjoint: lambda_t = C_t (x) dy_t + exp(delta_{t+1} A) * lambda_{t+1}, backwards in time.
