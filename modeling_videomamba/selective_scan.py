@@ -265,6 +265,27 @@ def resolve_implementation(implementation: str, device: torch.device) -> str:
     return implementation
 
 
+def _check_optional_shapes(u, A, B, C, D, z, delta_bias):
+    """Raise a ValueError naming the expected shape when B, C, D, z or delta_bias do not fit u and A."""
+    batch, dim, length = u.shape
+    state = A.shape[1]
+    for name, BC in (("B", B), ("C", C)):
+        grouped = BC.dim() == 4
+        ok = BC.dim() in (3, 4) and (BC.shape[0], BC.shape[-2], BC.shape[-1]) == (batch, state, length)
+        if not ok or (grouped and (BC.shape[1] == 0 or dim % BC.shape[1])):
+            raise ValueError(
+                f"selective_scan expects {name} of shape ({batch}, {state}, {length}) or ({batch}, groups, {state}, "
+                f"{length}) with groups dividing dim={dim}; got {tuple(BC.shape)}."
+            )
+    if B.shape != C.shape:
+        raise ValueError(f"selective_scan expects B and C of the same shape; got {tuple(B.shape)} and {tuple(C.shape)}.")
+    for name, vector in (("D", D), ("delta_bias", delta_bias)):
+        if vector is not None and tuple(vector.shape) != (dim,):
+            raise ValueError(f"selective_scan expects {name} of shape ({dim},); got {tuple(vector.shape)}.")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan expects z of the shape of u {tuple(u.shape)}; got {tuple(z.shape)}.")
+
+
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     implementation="auto",
@@ -281,6 +302,7 @@ def selective_scan(
         )
     if A.dim() != 2 or A.shape[0] != u.shape[1]:
         raise ValueError(f"selective_scan expects A of shape ({u.shape[1]}, state); got {tuple(A.shape)}.")
+    _check_optional_shapes(u, A, B, C, D, z, delta_bias)
     implementation = resolve_implementation(implementation, u.device)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if implementation == "cuda":
@@ -321,4 +343,12 @@ def causal_conv1d_tokens_first(x: torch.Tensor, weight: torch.Tensor, bias: torc
     return F.silu(out)
 
 
-__all__ = ["selective_scan", "selective_scan_reference", "causal_conv1d", "cuda_kernels_available"]
+__all__ = [
+    "selective_scan",
+    "selective_scan_reference",
+    "selective_scan_fast",
+    "selective_scan_tokens_first",
+    "causal_conv1d",
+    "causal_conv1d_tokens_first",
+    "cuda_kernels_available",
+]
