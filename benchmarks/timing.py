@@ -1,0 +1,49 @@
+"""Small timing helpers shared by the benchmark scripts (run them from the repository root)."""
+
+import statistics
+import time
+
+import torch
+
+
+def time_call(function, repeats: int, warmup: int = 1, sync=None):
+    """Wall times in seconds of `repeats` calls of `function()` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        start = time.perf_counter()
+        function()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summary(times):
+    """(median, min, max) of a list of times."""
+    return statistics.median(times), min(times), max(times)
+
+
+def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|, in float64."""
+    expected = expected.detach().double()
+    return ((actual.detach().double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+
+
+def print_table(title: str, header, rows):
+    """A plain aligned text table."""
+    print(f"\n{title}")
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    for line in [header, ["-" * width for width in widths], *rows]:
+        print("  ".join(str(cell).rjust(width) if index else str(cell).ljust(width) for index, (cell, width) in enumerate(zip(line, widths))))
+
+
+def machine_description() -> str:
+    import os
+    import platform
+
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} torch threads"
