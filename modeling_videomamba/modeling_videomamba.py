@@ -250,6 +250,7 @@ class VideoMambaMixer(nn.Module):
         """The "fast" path: the same computation kept in (B, L, channels) layout, both directions at once.
 
         Channels [:inner] are the forward direction, [inner:] the backward one on the flipped sequence.
+        Both directions share the gate silu(z), so it is applied once, after flipping back and summing.
         """
         inner, rank, state = self.intermediate_size, self.time_step_rank, self.state_size
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, inner) each
@@ -259,8 +260,9 @@ class VideoMambaMixer(nn.Module):
         u = causal_conv1d_tokens_first(x, weight, bias)
         projected = [proj(part) for proj, part in zip((self.x_proj, self.x_proj_b), u.split(inner, dim=-1))]
         dt, B, C = zip(*(p.split([rank, state, state], dim=-1) for p in projected))
-        # The dt bias is added inside the scan, in fp32.
-        delta = torch.cat([dt[0] @ self.dt_proj.weight.t(), dt[1] @ self.dt_proj_b.weight.t()], dim=-1)
+        # One matmul with a block-diagonal weight gives both directions' delta already side by side;
+        # the dt bias is added inside the scan, in fp32.
+        delta = torch.cat(dt, dim=-1) @ torch.block_diag(self.dt_proj.weight.t(), self.dt_proj_b.weight.t())
         y, _ = selective_scan_tokens_first(
             u,
             delta,
@@ -268,12 +270,12 @@ class VideoMambaMixer(nn.Module):
             torch.stack(B, dim=2),
             torch.stack(C, dim=2),
             D=torch.cat([self.D, self.D_b]).float(),
-            z=torch.cat([z, z.flip(1)], dim=-1),
             delta_bias=torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
             delta_softplus=True,
         )
         y_forward, y_backward = y.split(inner, dim=-1)
-        return self.out_proj(y_forward + y_backward.flip(1))
+        gated = (y_forward + y_backward.flip(1)) * F.silu(z.to(y.dtype))
+        return self.out_proj(gated.to(hidden_states.dtype))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, L, hidden_size) -> (B, L, hidden_size), in the compute dtype."""
