@@ -16,7 +16,10 @@ The state is accumulated in float32 (float64 for float64 inputs) whatever the in
 back in the dtype of `u`. Implementations:
 
 - "reference": the plain sequential recurrence above, one step at a time. The specification.
-- "fast": an exact blocked pure-PyTorch scan with its own backward (CPU and GPU).
+- "fast": an exact blocked pure-PyTorch scan with its own memory-light backward (CPU and GPU): a
+  sequential fused multiply-add per token on a (state, dim) state, with the discretisation and the
+  C-contraction vectorised per block of tokens. `selective_scan_tokens_first` is the same scan in
+  the (batch, length, dim) layout the mixer's projections produce.
 - "cuda": mamba-ssm's fused kernel, imported lazily (optional extra `pip install .[cuda]`).
 """
 
@@ -74,13 +77,23 @@ def selective_scan_reference(
 
 
 # Tokens per block of the fast scan: long enough to amortise the per-block Python overhead, short
-# enough that the block buffers (block * batch * dim * state floats) stay in cache (32 measured best
-# among 16-128 on a 2-core CPU at dim 768, state 16).
+# enough that the block buffers (block * batch * dim * state floats) stay near the cache (32 measured
+# best among 4-128 on a 2-core CPU at dim 768, state 16).
 BLOCK_SIZE = 32
 
 
 def _block_starts(length: int):
     return [(start, min(start + BLOCK_SIZE, length)) for start in range(0, length, BLOCK_SIZE)]
+
+
+def _sequential_fma(outputs, factors, previous):
+    """outputs[i] += factors[i] * previous[i], in order, where previous[i] is usually outputs[i - 1].
+
+    `map` drives the loop from C: at a few microseconds per token, Python's own loop overhead would
+    cost as much as the multiply-adds. Each call sees the result of the one before, as `map` is lazy.
+    """
+    for _ in map(torch.Tensor.addcmul_, outputs, factors, previous):
+        pass
 
 
 class _BlockedScan(torch.autograd.Function):
@@ -102,7 +115,7 @@ class _BlockedScan(torch.autograd.Function):
         A_log2 = A * log2(e): exp2 is markedly cheaper than exp on CPU and the scan is exp-bound.
         """
         size = stop - start
-        torch.exp2(torch.mul(delta[:, start:stop].unsqueeze(3), A_log2, out=decay[:, :size]), out=decay[:, :size])
+        torch.mul(delta[:, start:stop].unsqueeze(3), A_log2, out=decay[:, :size]).exp2_()
         delta_u = delta[:, start:stop] * u[:, start:stop]
         torch.mul(delta_u.unsqueeze(3), B[:, start:stop].unsqueeze(-1), out=states[:, :size])
         return delta_u
@@ -121,10 +134,9 @@ class _BlockedScan(torch.autograd.Function):
         for index, (start, stop) in enumerate(blocks):
             size = stop - start
             _BlockedScan._fill_block(u, delta, A_log2, B, start, stop, decay, states)
-            previous = checkpoints[index]
-            for decay_t, state_t in zip(decay_views[:size], state_views[:size]):
-                state_t.addcmul_(decay_t, previous)
-                previous = state_t
+            state_views[0].addcmul_(decay_views[0], checkpoints[index])
+            _sequential_fma(state_views[1:size], decay_views[1:size], state_views[: size - 1])
+            previous = state_views[size - 1]
             if index + 1 < len(blocks):
                 checkpoints[index + 1].copy_(previous)
             # y_t = C_t (1 x N) @ s_t (N x dg), batched over (batch, token, group).
@@ -156,14 +168,12 @@ class _BlockedScan(torch.autograd.Function):
             states, previous_states = states_full[:, 1 : size + 1], states_full[:, :size]
             states_full[:, 0].copy_(checkpoints[index])
             delta_u = _BlockedScan._fill_block(u, delta, A_log2, B, start, stop, decay, states_full[:, 1:])
-            for decay_t, state_t, previous in zip(decay_views[:size], state_views[1 : size + 1], state_views[:size]):
-                state_t.addcmul_(decay_t, previous)
+            _sequential_fma(state_views[1 : size + 1], decay_views[:size], state_views[:size])
             # Adjoint: lambda_t = C_t (x) dy_t + exp(delta_{t+1} A) * lambda_{t+1}, backwards in time.
             lambdas = adjoint[:, :size]
             torch.mul(C[:, start:stop].unsqueeze(-1), grad_y[:, start:stop].unsqueeze(3), out=lambdas)
             adjoint_views[size - 1].add_(carry)
-            for t in range(size - 2, -1, -1):
-                adjoint_views[t].addcmul_(decay_views[t + 1], adjoint_views[t + 1])
+            _sequential_fma(adjoint_views[size - 2 :: -1], decay_views[size - 1 : 0 : -1], adjoint_views[size - 1 : 0 : -1])
             carry = decay_views[0] * adjoint_views[0]
             # w = dL/d(delta_t A), elementwise: lambda_t * exp(delta_t A) * s_{t-1}. The decay buffer is
             # free from here on and takes the products (reductions over dg run faster as mul + sum
