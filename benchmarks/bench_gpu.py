@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_models import MODELS, build_model  # noqa: E402
+from bench_models import MODELS, MODES, build_model  # noqa: E402
 from timing import max_relative_error, print_table, summary, time_call  # noqa: E402
 
 from modeling_videomamba.selective_scan import cuda_kernels_available, selective_scan, selective_scan_reference  # noqa: E402
@@ -83,7 +83,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--modes", nargs="+", default=["forward", "train", "train-ckpt"], choices=["forward", "train", "train-ckpt"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     args = parser.parse_args()

@@ -37,6 +37,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 MODELS = ("videomamba", "videomae", "timesformer")
+MODES = ("forward", "train", "train-ckpt")
 HIDDEN, HEADS, MLP, TRANSFORMER_LAYERS = 192, 3, 768, 12
 
 
@@ -137,7 +138,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--modes", nargs="+", default=["forward", "train", "train-ckpt"], choices=["forward", "train", "train-ckpt"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
@@ -151,7 +152,11 @@ def main():
 
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}")
     for mode in args.modes:
-        results = {(m, f): run_child(m, f, mode, args.repeats, args.threads, args.timeout) for m in args.models for f in args.frames}
+        results = {
+            (model, frames): run_child(model, frames, mode, args.repeats, args.threads, args.timeout)
+            for model in args.models
+            for frames in args.frames
+        }
         rows = []
         for (model, frames), result in results.items():
             if "error" in result:

@@ -38,7 +38,8 @@ def print_table(title: str, header, rows):
     print(f"\n{title}")
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     for line in [header, ["-" * width for width in widths], *rows]:
-        print("  ".join(str(cell).rjust(width) if index else str(cell).ljust(width) for index, (cell, width) in enumerate(zip(line, widths))))
+        cells = [str(cell).rjust(width) if index else str(cell).ljust(width) for index, (cell, width) in enumerate(zip(line, widths))]
+        print("  ".join(cells))
 
 
 def machine_description() -> str:
@@ -46,4 +47,5 @@ def machine_description() -> str:
     import platform
 
     threads = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} torch threads"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} torch threads"

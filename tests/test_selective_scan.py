@@ -28,11 +28,12 @@ def make_inputs(batch, dim, length, state, groups, dtype=torch.float32, seed=0, 
         return (torch.randn(*shape, generator=generator) * scale).to(device=device, dtype=dtype)
 
     bc_shape = (batch, state, length) if groups is None else (batch, groups, state, length)
+    a_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # A stays fp32, as in the mixer
     return {
         "u": randn(batch, dim, length),
         "delta": randn(batch, dim, length, scale=0.5),
         # Negative A as in Mamba (-exp(A_log)); a spread of decay speeds.
-        "A": -torch.exp(torch.randn(dim, state, generator=generator)).to(device=device, dtype=torch.float32 if dtype != torch.float64 else dtype),
+        "A": -torch.exp(torch.randn(dim, state, generator=generator)).to(device=device, dtype=a_dtype),
         "B": randn(*bc_shape),
         "C": randn(*bc_shape),
         "D": randn(dim),
@@ -158,7 +159,9 @@ def test_causal_conv1d_tokens_first_matches_conv1d():
     expected = causal_conv1d(x.transpose(1, 2), weight, bias).transpose(1, 2)
     torch.testing.assert_close(causal_conv1d_tokens_first(x, weight, bias), expected, rtol=1e-5, atol=1e-6)
     # Sequences shorter than the kernel see only the zero padding beyond their start.
-    torch.testing.assert_close(causal_conv1d_tokens_first(x[:, :2], weight, None), causal_conv1d(x[:, :2].transpose(1, 2), weight).transpose(1, 2))
+    short = x[:, :2]
+    expected = causal_conv1d(short.transpose(1, 2), weight).transpose(1, 2)
+    torch.testing.assert_close(causal_conv1d_tokens_first(short, weight, None), expected)
 
 
 def set_scan(model, implementation):
@@ -204,7 +207,7 @@ def bad_shape_cases():
     yield "z of the shape of u", dict(good, z=torch.randn(2, 8, 4))
 
 
-@pytest.mark.parametrize("expected_message,inputs", list(bad_shape_cases()), ids=lambda value: value if isinstance(value, str) else "")
+@pytest.mark.parametrize("expected_message,inputs", list(bad_shape_cases()), ids=[m for m, _ in bad_shape_cases()])
 @pytest.mark.parametrize("implementation", ["reference", "fast"])
 def test_selective_scan_rejects_bad_shapes(expected_message, inputs, implementation):
     with pytest.raises(ValueError, match=expected_message) as error:
