@@ -305,9 +305,9 @@ def selective_scan(
     Returns `y` (batch, dim, length) in the dtype of `u`, and with `return_last_state=True` also the
     final state (batch, dim, state) in float32 (float64 for float64 inputs).
     """
-    if u.dim() != 3 or delta.shape != u.shape:
+    if u.dim() != 3 or delta.shape != u.shape or u.shape[-1] == 0:
         raise ValueError(
-            f"selective_scan expects u and delta of shape (batch, dim, length); got {tuple(u.shape)} and "
+            f"selective_scan expects u and delta of shape (batch, dim, length), length >= 1; got {tuple(u.shape)} and "
             f"{tuple(delta.shape)}."
         )
     if A.dim() != 2 or A.shape[0] != u.shape[1]:

@@ -198,6 +198,7 @@ def test_model_logits_and_gradients_fast_vs_reference(token_order):
 def bad_shape_cases():
     good = make_inputs(2, 8, 5, 4, 2)
     yield "u and delta", dict(good, delta=good["delta"][:, :, :4])
+    yield "length >= 1", dict(good, u=good["u"][:, :, :0], delta=good["delta"][:, :, :0])
     yield "A of shape", dict(good, A=good["A"][:4])
     yield "B of shape", dict(good, B=good["B"][:, :, :3])
     yield "groups dividing dim", dict(good, B=torch.randn(2, 3, 4, 5), C=torch.randn(2, 3, 4, 5))
