@@ -13,7 +13,8 @@ Each measurement runs in its own subprocess so that its peak memory is its own: 
 call, the peak RSS is reset (/proc/self/clear_refs) and the peak is its growth over the timed calls
 above the RSS just before them, i.e. the activations, gradients and workspace beyond the weights and
 the input (glibc is told to return large frees to the OS so that the baseline is fair). Times are
-medians of --repeats calls after the warm-up call.
+medians of --repeats calls after the warm-up call (wall time, and the process's CPU time, which is
+steadier on a shared machine); ratios and per-frame growth use the wall-time medians.
 
 Modes: "forward" (no_grad inference), "train" (forward + backward of the mean of the output) and
 "train-ckpt" (the same with model.gradient_checkpointing_enable()).
@@ -123,9 +124,11 @@ def measure(name: str, frames: int, mode: str, repeats: int, threads: int) -> di
     # model's memory; the peak is then measured over the timed calls only.
     step()
     before = reset_peak_rss()
-    times = time_call(step, repeats=repeats, warmup=0)
+    cpu_times = []
+    times = time_call(step, repeats=repeats, warmup=0, cpu_times=cpu_times)
     median, low, high = summary(times)
-    return {"median_s": median, "min_s": low, "max_s": high, "peak_mb": (peak_rss() - before) / 2**20}
+    peak_mb = (peak_rss() - before) / 2**20
+    return {"median_s": median, "min_s": low, "max_s": high, "cpu_s": summary(cpu_times)[0], "peak_mb": peak_mb}
 
 
 def run_child(name, frames, mode, repeats, threads, timeout):
@@ -189,7 +192,7 @@ def main():
         rows = []
         for (model, frames), result in results.items():
             if "error" in result:
-                rows.append([model, frames, "-", "-", "-", "-", "-", result["error"]])
+                rows.append([model, frames, "-", "-", "-", "-", "-", "-", result["error"]])
                 continue
             base = results.get(("videomamba", frames), {})
             first = results.get((model, args.frames[0]), {})
@@ -198,9 +201,9 @@ def main():
             growth = (result["median_s"] / frames) / (first["median_s"] / args.frames[0]) if "median_s" in first else float("nan")
             rows.append([
                 model, frames, f"{result['median_s']:.3f}", f"{result['min_s']:.3f}", f"{result['max_s']:.3f}",
-                ratio, f"{growth:.2f}", f"{result['peak_mb']:.0f}",
+                f"{result['cpu_s']:.3f}", ratio, f"{growth:.2f}", f"{result['peak_mb']:.0f}",
             ])
-        header = ["model", "frames", "median s", "min s", "max s", "time vs videomamba",
+        header = ["model", "frames", "median s", "min s", "max s", "cpu median s", "time vs videomamba",
                   f"per-frame cost vs {args.frames[0]} frames", "peak MB"]
         print_table(f"mode: {mode} (batch 1, 224x224)", header, rows)
 

@@ -10,7 +10,8 @@ one scan direction, batch 1, fp32, d_inner 384, state 16 (VideoMamba-Ti's mixer)
 - mambapy:      the same transformers function with use_mambapy=True, i.e. mambapy's Blelloch `pscan`
                 (`pip install mambapy`; the column is skipped with a note when it is missing)
 
-Errors are max |x - x_ref| / max |x_ref| against the reference, over y (forward) or over y and every
+Times are wall-clock medians over --repeats calls after a warm-up, plus the process's CPU time
+(steadier on a shared machine; with --threads 1 it is the wall time of an idle machine). Errors are max |x - x_ref| / max |x_ref| against the reference, over y (forward) or over y and every
 input gradient (forward+backward). transformers' loop has an O(L^2) backward (each step's indexing
 allocates a full-size gradient), so its forward+backward runs only with --slow-backward.
 
@@ -107,18 +108,24 @@ def main():
         for with_backward in (False, True):
             mode = "forward+backward" if with_backward else "forward"
             expected = forward_and_grads(columns["reference"], inputs, with_backward)
-            rows, fast_median = [], None
+            rows, fast_median, fast_cpu = [], None, None
             for name, scan in columns.items():
                 if with_backward and name == "transformers" and not args.slow_backward:
-                    rows.append([name, "-", "-", "-", "-", "skipped: O(L^2) backward (--slow-backward)"])
+                    rows.append([name, "-", "-", "-", "-", "-", "-", "skipped: O(L^2) backward (--slow-backward)"])
                     continue
                 outputs = forward_and_grads(scan, inputs, with_backward)
                 error = max(max_relative_error(a, e) for a, e in zip(outputs, expected))
-                times = time_call(lambda: forward_and_grads(scan, inputs, with_backward), args.repeats)
+                cpu_times = []
+                times = time_call(lambda: forward_and_grads(scan, inputs, with_backward), args.repeats, cpu_times=cpu_times)
                 median, low, high = (1e3 * t for t in summary(times))
-                fast_median = fast_median or median
-                rows.append([name, f"{median:.1f}", f"{low:.1f}", f"{high:.1f}", f"{median / fast_median:.1f}x", f"{error:.1e}"])
-            header = ["scan", "median ms", "min ms", "max ms", "vs fast", "max rel err vs reference"]
+                cpu = 1e3 * summary(cpu_times)[0]
+                fast_median, fast_cpu = fast_median or median, fast_cpu or cpu
+                rows.append([
+                    name, f"{median:.1f}", f"{low:.1f}", f"{high:.1f}", f"{median / fast_median:.1f}x",
+                    f"{cpu:.1f}", f"{cpu / fast_cpu:.1f}x", f"{error:.1e}",
+                ])
+            header = ["scan", "median ms", "min ms", "max ms", "vs fast", "cpu median ms", "vs fast (cpu)",
+                      "max rel err vs reference"]
             print_table(f"L={length} {mode}", header, rows)
 
 

@@ -6,19 +6,26 @@ import time
 import torch
 
 
-def time_call(function, repeats: int, warmup: int = 1, sync=None):
-    """Wall times in seconds of `repeats` calls of `function()` after `warmup` untimed ones."""
+def time_call(function, repeats: int, warmup: int = 1, sync=None, cpu_times=None):
+    """Wall times in seconds of `repeats` calls of `function()` after `warmup` untimed ones.
+
+    If `cpu_times` is a list, the process's CPU time of each call is appended to it: on a shared
+    machine it is steadier than wall time (it leaves out time spent descheduled), and with one torch
+    thread it equals the wall time of an idle machine.
+    """
     for _ in range(warmup):
         function()
     times = []
     for _ in range(repeats):
         if sync:
             sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         function()
         if sync:
             sync()
         times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - cpu_start)
     return times
 
 
