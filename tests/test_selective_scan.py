@@ -230,3 +230,18 @@ def test_cuda_kernel_matches_reference():
         expected = selective_scan_reference(**inputs, delta_softplus=True, return_last_state=True)
         for index, (a, e) in enumerate(zip(actual, expected)):
             assert_close_relative(a.float(), e.float(), tolerance, f"{implementation} output {index}")
+
+
+def test_model_bfloat16_fast_close_to_reference():
+    """In bf16 both paths accumulate the scan in fp32; only bf16 roundings (at other places) differ."""
+    torch.manual_seed(0)
+    config = VideoMambaConfig(hidden_size=32, num_hidden_layers=2, image_size=32, patch_size=8, num_frames=4, num_labels=5)
+    model = VideoMambaForVideoClassification(config).to(torch.bfloat16)
+    pixel_values = torch.randn(2, 4, 3, 32, 32)
+    logits = {}
+    for implementation in ("reference", "fast"):
+        set_scan(model, implementation)
+        with torch.no_grad():
+            logits[implementation] = model(pixel_values).logits
+    assert logits["fast"].dtype == torch.bfloat16
+    assert_close_relative(logits["fast"].float(), logits["reference"].float(), 2e-2, "bf16 logits")
