@@ -173,7 +173,9 @@ class _BlockedScan(torch.autograd.Function):
             lambdas = adjoint[:, :size]
             torch.mul(C[:, start:stop].unsqueeze(-1), grad_y[:, start:stop].unsqueeze(3), out=lambdas)
             adjoint_views[size - 1].add_(carry)
-            _sequential_fma(adjoint_views[size - 2 :: -1], decay_views[size - 1 : 0 : -1], adjoint_views[size - 1 : 0 : -1])
+            if size > 1:  # (a one-token block has no step inside; slicing [-1::-1] would mean all)
+                reverse = slice(size - 1, 0, -1)
+                _sequential_fma(adjoint_views[size - 2 :: -1], decay_views[reverse], adjoint_views[reverse])
             carry = decay_views[0] * adjoint_views[0]
             # w = dL/d(delta_t A), elementwise: lambda_t * exp(delta_t A) * s_{t-1}. The decay buffer is
             # free from here on and takes the products (reductions over dg run faster as mul + sum
