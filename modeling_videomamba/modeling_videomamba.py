@@ -246,8 +246,8 @@ class VideoMambaMixer(nn.Module):
         delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # dt bias is added inside the scan, in fp32
         return u, delta, B.transpose(1, 2), C.transpose(1, 2)
 
-    def _forward_tokens_first(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The "fast" path: the same computation kept in (B, L, channels) layout, both directions at once.
+    def _forward_tokens_first(self, hidden_states: torch.Tensor, implementation: str = "fast") -> torch.Tensor:
+        """The "fast" and "native" path: the same computation kept in (B, L, channels) layout, both directions at once.
 
         Channels [:inner] are the forward direction, [inner:] the backward one on the flipped sequence.
         Both directions share the gate silu(z), so it is applied once, after flipping back and summing.
@@ -272,6 +272,7 @@ class VideoMambaMixer(nn.Module):
             D=torch.cat([self.D, self.D_b]).float(),
             delta_bias=torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
             delta_softplus=True,
+            implementation=implementation,
         )
         y_forward, y_backward = y.split(inner, dim=-1)
         gated = (y_forward + y_backward.flip(1)) * F.silu(z.to(y.dtype))
@@ -280,8 +281,8 @@ class VideoMambaMixer(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, L, hidden_size) -> (B, L, hidden_size), in the compute dtype."""
         implementation = resolve_implementation(self.config.scan_implementation, hidden_states.device)
-        if implementation == "fast":
-            return self._forward_tokens_first(hidden_states)
+        if implementation in ("fast", "native"):
+            return self._forward_tokens_first(hidden_states, implementation)
         use_kernel = implementation == "cuda"
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, inner, L) each
         forward = self._branch_inputs(x, self.conv1d, self.x_proj, self.dt_proj, use_kernel)

@@ -20,7 +20,13 @@ back in the dtype of `u`. Implementations:
   sequential fused multiply-add per token on a (state, dim) state, with the discretisation and the
   C-contraction vectorised per block of tokens. `selective_scan_tokens_first` is the same scan in
   the (batch, length, dim) layout the mixer's projections produce.
+- "native": the same blocked contract as "fast" computed by a compiled C++ CPU kernel (fused exp and
+  multiply-add, OpenMP over batch x channels, its own adjoint backward), built on first use; see
+  `native_scan`. When it cannot be built, one warning is issued and "fast" is used instead.
 - "cuda": mamba-ssm's fused kernel, imported lazily (optional extra `pip install .[cuda]`).
+
+"auto" picks "cuda" on CUDA devices with mamba-ssm, else "native" on CPU when the kernel is built or
+builds now (once per process; VIDEOMAMBA_NATIVE_SCAN=0 turns this off), else "fast".
 """
 
 import importlib.util
@@ -29,7 +35,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-IMPLEMENTATIONS = ("auto", "reference", "fast", "cuda")
+from .native_scan import NativeScan, native_scan_available
+
+IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -192,12 +200,21 @@ class _BlockedScan(torch.autograd.Function):
         return grad_u, grad_delta, grad_A, grad_B, grad_C
 
 
-def selective_scan_tokens_first(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def selective_scan_tokens_first(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, implementation="fast"
+):
     """The fast scan in token-major layout, as the mixer's projections produce it (no transposes).
 
     u, delta, z : (batch, L, dim)      A : (dim, N)      B, C : (batch, L, groups, N)
     D, delta_bias : (dim,). Returns (y (batch, L, dim) in u's dtype, last state (batch, dim, N)).
+    `implementation` is "fast" (pure PyTorch) or "native" (the compiled CPU kernel; "fast" with one
+    warning when it cannot be built).
     """
+    if implementation not in ("fast", "native"):
+        raise ValueError(f"selective_scan_tokens_first supports 'fast' and 'native'; got {implementation!r}.")
+    if implementation == "native" and u.device.type != "cpu":
+        raise ValueError(f"scan_implementation='native' is a CPU kernel; got tensors on {u.device}.")
+    core = NativeScan.apply if implementation == "native" and native_scan_available() else _BlockedScan.apply
     out_dtype = u.dtype
     dtype = _compute_dtype(u.dtype)
     batch, length, dim = u.shape
@@ -210,7 +227,7 @@ def selective_scan_tokens_first(u, delta, A, B, C, D=None, z=None, delta_bias=No
         delta = delta + delta_bias.to(dtype)
     if delta_softplus:
         delta = F.softplus(delta)
-    y, last_state = _BlockedScan.apply(
+    y, last_state = core(
         u.reshape(batch, length, groups, dg).contiguous(),
         delta.reshape(batch, length, groups, dg).contiguous(),
         A.to(dtype).reshape(groups, dg, state_size).transpose(1, 2).contiguous(),
@@ -225,11 +242,15 @@ def selective_scan_tokens_first(u, delta, A, B, C, D=None, z=None, delta_bias=No
     return y.to(out_dtype), last_state.transpose(2, 3).reshape(batch, dim, state_size)
 
 
-def selective_scan_fast(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+def selective_scan_fast(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+    implementation="fast",
+):
     """The selective scan as an exact blocked sequential scan with its own memory-light backward.
 
     Same contract and results as `selective_scan_reference` (shapes in the module docstring): a
-    layout change around `selective_scan_tokens_first`.
+    layout change around `selective_scan_tokens_first`, whose `implementation` ("fast" or "native")
+    it passes on.
     """
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
@@ -243,6 +264,7 @@ def selective_scan_fast(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
         z=None if z is None else z.transpose(1, 2),
         delta_bias=delta_bias,
         delta_softplus=delta_softplus,
+        implementation=implementation,
     )
     y = y.transpose(1, 2)
     return (y, last_state) if return_last_state else y
@@ -273,7 +295,11 @@ def resolve_implementation(implementation: str, device: torch.device) -> str:
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"Unknown selective-scan implementation {implementation!r}; expected one of {IMPLEMENTATIONS}.")
     if implementation == "auto":
-        return "cuda" if device.type == "cuda" and cuda_kernels_available() else "fast"
+        if device.type == "cuda" and cuda_kernels_available():
+            return "cuda"
+        return "native" if device.type == "cpu" and native_scan_available() else "fast"
+    if implementation == "native" and device.type == "cpu" and not native_scan_available():
+        return "fast"  # native_scan_available() has warned once
     return implementation
 
 
@@ -319,8 +345,8 @@ def selective_scan(
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if implementation == "cuda":
         return _selective_scan_cuda(*args)
-    if implementation == "fast":
-        return selective_scan_fast(*args)
+    if implementation in ("fast", "native"):
+        return selective_scan_fast(*args, implementation=implementation)
     return selective_scan_reference(*args)
 
 
@@ -363,4 +389,5 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_tokens_first",
     "cuda_kernels_available",
+    "native_scan_available",
 ]

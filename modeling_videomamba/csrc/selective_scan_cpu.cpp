@@ -1,0 +1,293 @@
+// Selective scan (Mamba's S6 recurrence) for CPU: the core of modeling_videomamba/selective_scan.py's
+// "native" implementation, compiled on first use by torch.utils.cpp_extension.
+//
+// Layout (token-major, as the mixer's projections produce it; all contiguous):
+//   u, delta : (batch, L, groups, dg)      A : (groups, N, dg)      B, C : (batch, L, groups, N)
+//   state    : (batch, groups, N, dg)      s_t = exp(delta_t A) * s_{t-1} + delta_t u_t B_t
+//   y        : (batch, L, groups, dg)      y_t = <s_t, C_t> over N
+// softplus / delta_bias / D / z stay in PyTorch (autograd covers them); this file only does the
+// recurrence and its adjoint.
+//
+// Work is split into tasks of (batch, group, tile of kTile channels); a task owns its channels, keeps
+// their (N, kTile) state in a small buffer and walks the sequence once. Tiles are padded to kTile
+// lanes with zeros (delta = u = dy = A = 0 keeps a padded lane's state and adjoint at zero), so every
+// inner loop has a fixed trip count the compiler vectorises.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kTile = 16;
+
+// exp for float, branch-free so the lane loops vectorise: 2^k * p(r), r = x - k ln2 with a two-part
+// ln2 (Cody-Waite) and a degree-6 minimax polynomial (Cephes' expf coefficients, ~1 ulp). The input is
+// clamped so 2^k stays a normal float; exp(-87.3) ~ 1e-38 stands in for the denormal range. (The
+// clamps are plain selects: with -fno-trapping-math GCC if-converts them and vectorises the loops.)
+inline float exp_lane(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.3f ? 88.3f : x;
+  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline double exp_lane(double x) { return std::exp(x); }
+
+struct Shape {
+  int64_t batch, length, groups, dg, state, tiles;
+  int64_t dim() const { return groups * dg; }
+  int64_t tasks() const { return batch * groups * tiles; }
+};
+
+Shape shape_of(const torch::Tensor& u, const torch::Tensor& A) {
+  Shape s{u.size(0), u.size(1), u.size(2), u.size(3), A.size(1), 0};
+  s.tiles = (s.dg + kTile - 1) / kTile;
+  return s;
+}
+
+// One task's coordinates: batch b, group g, channels [c0, c0 + width) of the group.
+struct Task {
+  int64_t b, g, c0, width;
+  Task(const Shape& s, int64_t index) {
+    const int64_t tile = index % s.tiles;
+    g = (index / s.tiles) % s.groups;
+    b = index / (s.tiles * s.groups);
+    c0 = tile * kTile;
+    width = std::min(kTile, s.dg - c0);
+  }
+};
+
+// Copy `width` values from src into a kTile lane array, zero-padding the rest.
+template <typename T>
+inline void load_lanes(T* dst, const T* src, int64_t width) {
+  for (int64_t c = 0; c < kTile; ++c) dst[c] = c < width ? src[c] : T(0);
+}
+
+template <typename T>
+void check_inputs(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                  const torch::Tensor& B, const torch::Tensor& C) {
+  for (const auto* t : {&u, &delta, &A, &B, &C}) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == u.scalar_type(),
+                "selective_scan_cpu expects contiguous CPU tensors of one dtype");
+  }
+  TORCH_CHECK(u.dim() == 4 && delta.sizes() == u.sizes() && A.dim() == 3 && B.dim() == 4 &&
+                  B.sizes() == C.sizes() && A.size(0) == u.size(2) && A.size(2) == u.size(3) &&
+                  B.size(0) == u.size(0) && B.size(1) == u.size(1) && B.size(2) == u.size(2) &&
+                  B.size(3) == A.size(1),
+              "selective_scan_cpu: inconsistent shapes u ", u.sizes(), ", A ", A.sizes(), ", B ", B.sizes());
+}
+
+// The forward recurrence. Writes y and the last state; with `checkpoints` defined also the state
+// entering every block of `block` tokens (what the backward recomputes a block from).
+template <typename T>
+void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                    const torch::Tensor& B, const torch::Tensor& C, torch::Tensor& y, torch::Tensor& last,
+                    torch::Tensor* checkpoints, int64_t block) {
+  const Shape s = shape_of(u, A);
+  const T *pu = u.data_ptr<T>(), *pd = delta.data_ptr<T>(), *pA = A.data_ptr<T>();
+  const T *pB = B.data_ptr<T>(), *pC = C.data_ptr<T>();
+  T *py = y.data_ptr<T>(), *plast = last.data_ptr<T>();
+  T* pck = checkpoints ? checkpoints->data_ptr<T>() : nullptr;
+  const int64_t N = s.state, dim = s.dim();
+
+  at::parallel_for(0, s.tasks(), 1, [&](int64_t first, int64_t end) {
+    std::vector<T> state(N * kTile), a(N * kTile);
+    for (int64_t index = first; index < end; ++index) {
+      const Task task(s, index);
+      std::fill(state.begin(), state.end(), T(0));
+      for (int64_t n = 0; n < N; ++n) load_lanes(&a[n * kTile], pA + (task.g * N + n) * s.dg + task.c0, task.width);
+      for (int64_t t = 0; t < s.length; ++t) {
+        if (pck && t % block == 0) {
+          T* out = pck + (((t / block) * s.batch + task.b) * s.groups + task.g) * N * s.dg + task.c0;
+          for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * s.dg, &state[n * kTile], task.width * sizeof(T));
+        }
+        const int64_t row = (task.b * s.length + t) * dim + task.g * s.dg + task.c0;
+        const T* Bt = pB + ((task.b * s.length + t) * s.groups + task.g) * N;
+        const T* Ct = pC + ((task.b * s.length + t) * s.groups + task.g) * N;
+        T dl[kTile], du[kTile], acc[kTile];
+        load_lanes(dl, pd + row, task.width);
+        load_lanes(du, pu + row, task.width);
+        for (int64_t c = 0; c < kTile; ++c) {
+          du[c] *= dl[c];
+          acc[c] = T(0);
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          T* sn = &state[n * kTile];
+          const T* an = &a[n * kTile];
+          const T b = Bt[n], cc = Ct[n];
+          for (int64_t c = 0; c < kTile; ++c) {
+            sn[c] = exp_lane(dl[c] * an[c]) * sn[c] + du[c] * b;
+            acc[c] += sn[c] * cc;
+          }
+        }
+        std::memcpy(py + row, acc, task.width * sizeof(T));
+      }
+      T* out = plast + (task.b * s.groups + task.g) * N * s.dg + task.c0;
+      for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * s.dg, &state[n * kTile], task.width * sizeof(T));
+    }
+  });
+}
+
+// The reverse-time adjoint. Per block (backwards) the block's states and decays are recomputed from
+// its checkpoint, then lambda_t = C_t dy_t + exp(delta_{t+1} A) lambda_{t+1} runs backwards and
+// gives every gradient. B/C are shared by a group's channels, so each tile writes its own partial
+// grad_B/grad_C slice (summed by the caller); grad_A is likewise partial per batch element.
+template <typename T>
+void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                     const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& checkpoints,
+                     const torch::Tensor& grad_y, const torch::Tensor& grad_last, int64_t block,
+                     torch::Tensor& grad_u, torch::Tensor& grad_delta, torch::Tensor& grad_A_part,
+                     torch::Tensor& grad_B_part, torch::Tensor& grad_C_part) {
+  const Shape s = shape_of(u, A);
+  const T *pu = u.data_ptr<T>(), *pd = delta.data_ptr<T>(), *pA = A.data_ptr<T>();
+  const T *pB = B.data_ptr<T>(), *pC = C.data_ptr<T>(), *pck = checkpoints.data_ptr<T>();
+  const T *pgy = grad_y.data_ptr<T>(), *pgl = grad_last.data_ptr<T>();
+  T *pgu = grad_u.data_ptr<T>(), *pgd = grad_delta.data_ptr<T>(), *pgA = grad_A_part.data_ptr<T>();
+  T *pgB = grad_B_part.data_ptr<T>(), *pgC = grad_C_part.data_ptr<T>();
+  const int64_t N = s.state, dim = s.dim(), blocks = (s.length + block - 1) / block;
+  const int64_t bc_size = s.batch * s.length * s.groups * N;  // one tile's partial grad_B / grad_C
+
+  at::parallel_for(0, s.tasks(), 1, [&](int64_t first, int64_t end) {
+    // states[i] = s_{start + i - 1} (states[0] enters the block), decays[i] = exp(delta_{start+i} A).
+    std::vector<T> states((block + 1) * N * kTile), decays(block * N * kTile);
+    std::vector<T> a(N * kTile), lam(N * kTile), gA(N * kTile);
+    for (int64_t index = first; index < end; ++index) {
+      const Task task(s, index);
+      const int64_t tile = task.c0 / kTile;
+      for (int64_t n = 0; n < N; ++n) {
+        load_lanes(&a[n * kTile], pA + (task.g * N + n) * s.dg + task.c0, task.width);
+        load_lanes(&lam[n * kTile], pgl + ((task.b * s.groups + task.g) * N + n) * s.dg + task.c0, task.width);
+      }
+      std::fill(gA.begin(), gA.end(), T(0));
+      for (int64_t blk = blocks - 1; blk >= 0; --blk) {
+        const int64_t start = blk * block, size = std::min(block, s.length - start);
+        const T* ck = pck + ((blk * s.batch + task.b) * s.groups + task.g) * N * s.dg + task.c0;
+        for (int64_t n = 0; n < N; ++n) load_lanes(&states[n * kTile], ck + n * s.dg, task.width);
+        for (int64_t i = 0; i < size; ++i) {
+          const int64_t t = start + i, row = (task.b * s.length + t) * dim + task.g * s.dg + task.c0;
+          const T* Bt = pB + ((task.b * s.length + t) * s.groups + task.g) * N;
+          T dl[kTile], du[kTile];
+          load_lanes(dl, pd + row, task.width);
+          load_lanes(du, pu + row, task.width);
+          for (int64_t c = 0; c < kTile; ++c) du[c] *= dl[c];
+          for (int64_t n = 0; n < N; ++n) {
+            const T* prev = &states[(i * N + n) * kTile];
+            T* next = &states[((i + 1) * N + n) * kTile];
+            T* e = &decays[(i * N + n) * kTile];
+            const T* an = &a[n * kTile];
+            const T b = Bt[n];
+            for (int64_t c = 0; c < kTile; ++c) {
+              e[c] = exp_lane(dl[c] * an[c]);
+              next[c] = e[c] * prev[c] + du[c] * b;
+            }
+          }
+        }
+        for (int64_t i = size - 1; i >= 0; --i) {
+          const int64_t t = start + i, row = (task.b * s.length + t) * dim + task.g * s.dg + task.c0;
+          const int64_t bc_row = ((task.b * s.length + t) * s.groups + task.g) * N;
+          T dl[kTile], uu[kTile], du[kTile], dy[kTile], gd[kTile], lamB[kTile];
+          load_lanes(dl, pd + row, task.width);
+          load_lanes(uu, pu + row, task.width);
+          load_lanes(dy, pgy + row, task.width);
+          for (int64_t c = 0; c < kTile; ++c) {
+            du[c] = dl[c] * uu[c];
+            gd[c] = T(0);
+            lamB[c] = T(0);
+          }
+          for (int64_t n = 0; n < N; ++n) {
+            T* ln = &lam[n * kTile];
+            T* gAn = &gA[n * kTile];
+            const T* prev = &states[(i * N + n) * kTile];
+            const T* cur = &states[((i + 1) * N + n) * kTile];
+            const T* e = &decays[(i * N + n) * kTile];
+            const T* an = &a[n * kTile];
+            const T b = pB[bc_row + n], cc = pC[bc_row + n];
+            T gB = T(0), gC = T(0);
+            for (int64_t c = 0; c < kTile; ++c) {
+              ln[c] += cc * dy[c];
+              gC += cur[c] * dy[c];
+              const T w = ln[c] * e[c] * prev[c];  // dL/d(delta_t A)
+              gd[c] += w * an[c];
+              gAn[c] += w * dl[c];
+              lamB[c] += ln[c] * b;
+              gB += ln[c] * du[c];
+              ln[c] *= e[c];  // the carry into step t - 1
+            }
+            pgB[tile * bc_size + bc_row + n] = gB;
+            pgC[tile * bc_size + bc_row + n] = gC;
+          }
+          for (int64_t c = 0; c < task.width; ++c) {
+            pgu[row + c] = lamB[c] * dl[c];
+            pgd[row + c] = gd[c] + lamB[c] * uu[c];
+          }
+        }
+      }
+      T* out = pgA + ((task.b * s.groups + task.g) * N) * s.dg + task.c0;
+      for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * s.dg, &gA[n * kTile], task.width * sizeof(T));
+    }
+  });
+}
+
+// Returns (y, last_state, checkpoints); checkpoints is empty unless save_checkpoints.
+std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                        const torch::Tensor& B, const torch::Tensor& C, bool save_checkpoints,
+                                        int64_t block) {
+  TORCH_CHECK(block >= 1, "selective_scan_cpu: block must be >= 1");
+  auto y = torch::empty_like(u);
+  auto last = u.new_empty({u.size(0), u.size(2), A.size(1), u.size(3)});
+  auto checkpoints = save_checkpoints
+                         ? u.new_empty({(u.size(1) + block - 1) / block, u.size(0), u.size(2), A.size(1), u.size(3)})
+                         : u.new_empty({0});
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
+    check_inputs<scalar_t>(u, delta, A, B, C);
+    forward_kernel<scalar_t>(u, delta, A, B, C, y, last, save_checkpoints ? &checkpoints : nullptr, block);
+  });
+  return {y, last, checkpoints};
+}
+
+// Returns (grad_u, grad_delta, grad_A, grad_B, grad_C) in the forward's layout.
+std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                         const torch::Tensor& B, const torch::Tensor& C,
+                                         const torch::Tensor& checkpoints, const torch::Tensor& grad_y,
+                                         const torch::Tensor& grad_last, int64_t block) {
+  const Shape s = shape_of(u, A);
+  TORCH_CHECK(checkpoints.dim() == 5 && checkpoints.size(0) == (s.length + block - 1) / block,
+              "selective_scan_cpu: checkpoints do not match the block size");
+  TORCH_CHECK(grad_y.sizes() == u.sizes() && grad_y.is_contiguous() && grad_last.is_contiguous() &&
+                  grad_last.sizes() == torch::IntArrayRef({s.batch, s.groups, s.state, s.dg}),
+              "selective_scan_cpu: gradient shapes do not match");
+  auto grad_u = torch::empty_like(u), grad_delta = torch::empty_like(delta);
+  auto grad_A_part = u.new_empty({s.batch, s.groups, s.state, s.dg});
+  auto grad_B_part = u.new_empty({s.tiles, s.batch, s.length, s.groups, s.state});
+  auto grad_C_part = u.new_empty({s.tiles, s.batch, s.length, s.groups, s.state});
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
+    check_inputs<scalar_t>(u, delta, A, B, C);
+    backward_kernel<scalar_t>(u, delta, A, B, C, checkpoints, grad_y, grad_last, block, grad_u, grad_delta,
+                              grad_A_part, grad_B_part, grad_C_part);
+  });
+  return {grad_u, grad_delta, grad_A_part.sum(0), grad_B_part.sum(0), grad_C_part.sum(0)};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &scan_forward, "selective scan forward (CPU)");
+  m.def("backward", &scan_backward, "selective scan backward (CPU)");
+}

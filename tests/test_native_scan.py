@@ -1,0 +1,195 @@
+"""The compiled CPU selective scan ("native") against the plain sequential recurrence, and its fallback."""
+
+import importlib
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from test_selective_scan import (
+    BLOCK,
+    CASES,
+    OPTIONAL,
+    assert_close_relative,
+    make_inputs,
+    outputs_and_grads,
+    set_scan,
+)
+
+from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification, native_scan
+from modeling_videomamba.selective_scan import (
+    resolve_implementation,
+    selective_scan,
+    selective_scan_fast,
+    selective_scan_reference,
+    selective_scan_tokens_first,
+)
+
+scan_module = importlib.import_module("modeling_videomamba.selective_scan")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def built():
+    """The extension (compiled once into the torch extensions cache); skips, saying why, if it cannot build."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        module = native_scan.load_native_scan()
+    if module is None:
+        pytest.skip(f"the native scan could not be built here: {native_scan._failure or 'disabled by env'}")
+    return module
+
+
+def native(*args, **kwargs):
+    return selective_scan_fast(*args, **kwargs, implementation="native")
+
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    """A process that has not tried to build yet (restored after the test)."""
+    monkeypatch.setattr(native_scan, "_module", None)
+    monkeypatch.setattr(native_scan, "_failure", None)
+    monkeypatch.delenv(native_scan.ENV_VAR, raising=False)
+
+
+# Checkpoints every 5 tokens make the short CASES span several backward blocks with ragged tails.
+@pytest.mark.parametrize("checkpoint_every", [5, native_scan.CHECKPOINT_EVERY])
+@pytest.mark.parametrize("batch,dim,length,state,groups,use,softplus,last_state", CASES)
+def test_native_matches_reference_fp32(
+    built, monkeypatch, checkpoint_every, batch, dim, length, state, groups, use, softplus, last_state
+):
+    monkeypatch.setattr(native_scan, "CHECKPOINT_EVERY", checkpoint_every)
+    inputs = make_inputs(batch, dim, length, state, groups)
+    out, grads = outputs_and_grads(native, inputs, use, softplus, last_state)
+    ref_out, ref_grads = outputs_and_grads(selective_scan_reference, inputs, use, softplus, last_state)
+    for index, (actual, expected) in enumerate(zip(out, ref_out)):
+        assert_close_relative(actual, expected, 1e-5, f"output {index}")
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert_close_relative(grads[name], ref_grads[name], 1e-5, f"grad {name}")
+
+
+def test_native_wide_channels_several_tiles(built):
+    # dim 2 x 37 channels: each group is two full 16-lane tiles plus a ragged 5-lane one; 150 tokens
+    # span three default checkpoint blocks.
+    inputs = make_inputs(2, 74, 150, 16, 2, seed=5)
+    out, grads = outputs_and_grads(native, inputs, OPTIONAL, True, True)
+    ref_out, ref_grads = outputs_and_grads(selective_scan_reference, inputs, OPTIONAL, True, True)
+    for index, (actual, expected) in enumerate(zip(out, ref_out)):
+        assert_close_relative(actual, expected, 1e-5, f"output {index}")
+    for name in ref_grads:
+        assert_close_relative(grads[name], ref_grads[name], 1e-5, f"grad {name}")
+
+
+def test_native_float64_gradcheck(built, monkeypatch):
+    monkeypatch.setattr(native_scan, "CHECKPOINT_EVERY", 3)
+    inputs = make_inputs(2, 4, 7, 2, 2, dtype=torch.float64, seed=3)
+    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+    leaves = [inputs[name].requires_grad_() for name in names]
+
+    def scan(*tensors):
+        return native(**dict(zip(names, tensors)), delta_softplus=True, return_last_state=True)
+
+    y, last = scan(*leaves)
+    assert y.dtype == torch.float64 and last.dtype == torch.float64
+    assert torch.autograd.gradcheck(scan, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_native_half_inputs_upcast(built):
+    inputs = make_inputs(2, 8, BLOCK + 9, 4, 2, dtype=torch.bfloat16)
+    out, _ = outputs_and_grads(native, inputs, OPTIONAL, True, True)
+    ref_out, _ = outputs_and_grads(selective_scan_reference, inputs, OPTIONAL, True, True)
+    assert out[0].dtype == torch.bfloat16 and out[1].dtype == torch.float32
+    assert_close_relative(out[0], ref_out[0], 1e-2, "y")
+    assert_close_relative(out[1], ref_out[1], 1e-5, "last state")
+
+
+def test_native_forward_without_grad_keeps_no_checkpoints(built):
+    inputs = make_inputs(1, 8, 20, 4, 1)
+    u, delta = (inputs[name].transpose(1, 2).reshape(1, 20, 1, 8).contiguous() for name in ("u", "delta"))
+    A = inputs["A"].t().reshape(1, 4, 8).contiguous()
+    B, C = (inputs[name].permute(0, 3, 1, 2).contiguous() for name in ("B", "C"))
+    y, last, checkpoints = built.forward(u, delta, A, B, C, False, 5)
+    assert checkpoints.numel() == 0
+    y_saved, last_saved, checkpoints = built.forward(u, delta, A, B, C, True, 5)
+    assert checkpoints.shape == (4, 1, 1, 4, 8)
+    assert torch.equal(y, y_saved) and torch.equal(last, last_saved)
+
+
+def test_native_model_matches_reference(built):
+    torch.manual_seed(0)
+    config = VideoMambaConfig(hidden_size=32, num_hidden_layers=2, image_size=32, patch_size=8, num_frames=4, num_labels=5)
+    model = VideoMambaForVideoClassification(config)
+    pixel_values = torch.randn(2, 4, 3, 32, 32)
+    results = {}
+    for implementation in ("reference", "native"):
+        set_scan(model, implementation)
+        model.zero_grad()
+        logits = model(pixel_values).logits
+        logits.square().sum().backward()
+        results[implementation] = (logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert_close_relative(results["native"][0], results["reference"][0], 1e-5, "logits")
+    for name, grad in results["reference"][1].items():
+        assert_close_relative(results["native"][1][name], grad, 1e-4, f"grad {name}")
+
+
+def test_auto_picks_native_on_cpu_when_built(built):
+    assert resolve_implementation("auto", torch.device("cpu")) == "native"
+    assert resolve_implementation("native", torch.device("cpu")) == "native"
+
+
+def test_native_rejects_non_cpu_tensors():
+    inputs = make_inputs(1, 4, 3, 2, 1, device="meta")
+    tokens_first = [inputs[name].transpose(1, 2) for name in ("u", "delta")]
+    B, C = (inputs[name].permute(0, 3, 1, 2) for name in ("B", "C"))
+    with pytest.raises(ValueError, match="CPU kernel; got tensors on meta"):
+        selective_scan_tokens_first(*tokens_first, inputs["A"], B, C, implementation="native")
+
+
+def test_failed_build_warns_once_and_falls_back(fresh_state, monkeypatch):
+    calls = []
+
+    def failing_build():
+        calls.append(1)
+        raise OSError("no C++ compiler found (simulated)")
+
+    monkeypatch.setattr(native_scan, "_build", failing_build)
+    inputs = make_inputs(2, 8, 11, 4, 2)
+    with pytest.warns(RuntimeWarning, match="could not be built.*no C.. compiler found.*'fast'"):
+        y = selective_scan(**inputs, delta_softplus=True, implementation="native")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning and no second build attempt
+        y_again = selective_scan(**inputs, delta_softplus=True, implementation="native")
+        assert resolve_implementation("auto", torch.device("cpu")) == "fast"
+    assert len(calls) == 1
+    expected = selective_scan_reference(**inputs, delta_softplus=True)
+    assert_close_relative(y, expected, 1e-5, "fallback output")
+    assert torch.equal(y, y_again)
+
+
+def test_env_var_disables_native_without_building(fresh_state, monkeypatch):
+    monkeypatch.setenv(native_scan.ENV_VAR, "0")
+    monkeypatch.setattr(native_scan, "_build", lambda: pytest.fail("must not build when disabled"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not native_scan.native_scan_available()
+        assert resolve_implementation("auto", torch.device("cpu")) == "fast"
+
+
+def test_missing_source_falls_back(fresh_state, monkeypatch, tmp_path):
+    monkeypatch.setattr(native_scan, "SOURCE", tmp_path / "absent.cpp")
+    with pytest.warns(RuntimeWarning, match="absent.cpp"):
+        assert native_scan.load_native_scan() is None
+
+
+def test_importing_does_not_build():
+    # A fresh interpreter: importing the package (model, config, scan) must leave the build untried.
+    code = (
+        "import modeling_videomamba\n"
+        "from modeling_videomamba import native_scan\n"
+        "assert native_scan._module is None and native_scan._failure is None, 'built or tried at import'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
