@@ -2,7 +2,8 @@
 
 Models (random weights, batch 1, 224x224, patch 16, so 196 patches per frame):
 - videomamba:  VideoMambaConfig.from_preset("tiny"): hidden 192, 24 bidirectional Mamba blocks,
-               state 16, d_inner 384, tubelet 1 (1 + 196*T tokens); scan_implementation "fast" on CPU.
+               state 16, d_inner 384, tubelet 1 (1 + 196*T tokens); scan_implementation from --scans
+               (default "auto": the native CPU kernel when it builds, else "fast"); one row per scan.
 - videomae:    VideoMAEConfig(hidden 192, 12 layers, 3 heads, MLP 768, tubelet 1), SDPA attention over
                all 196*T tokens (as VideoMAE-Ti would with VideoMamba's tubelet).
 - timesformer: TimesformerConfig(hidden 192, 12 layers, 3 heads, MLP 768,
@@ -23,6 +24,8 @@ Modes: "forward" (no_grad inference), "train" (forward + backward of the mean of
     python benchmarks/bench_models.py --frames 8 --repeats 1 --modes forward
     # the full run (tens of minutes on 2 cores; TimeSformer at 64 frames needs ~10 GB)
     python benchmarks/bench_models.py --frames 8 16 32 64 --repeats 3 --modes forward train train-ckpt
+    # the native CPU scan kernel against the pure-PyTorch fast scan, and VideoMAE, one thread
+    python benchmarks/bench_models.py --models videomamba videomae --scans native fast --modes forward --threads 1
     # profile one VideoMamba forward (top operators)
     python benchmarks/bench_models.py --profile --frames 8
 """
@@ -44,12 +47,13 @@ MODES = ("forward", "train", "train-ckpt")
 HIDDEN, HEADS, MLP, TRANSFORMER_LAYERS = 192, 3, 768, 12
 
 
-def build_model(name: str, frames: int):
-    """One of MODELS with random weights, in eval mode (dropout off) for any mode."""
+def build_model(name: str, frames: int, scan: str = "auto"):
+    """One of MODELS with random weights, in eval mode (dropout off) for any mode; `scan` is
+    VideoMamba's scan_implementation."""
     if name == "videomamba":
         from modeling_videomamba import VideoMambaConfig, VideoMambaModel
 
-        config = VideoMambaConfig.from_preset("tiny", num_frames=frames, image_size=224)
+        config = VideoMambaConfig.from_preset("tiny", num_frames=frames, image_size=224, scan_implementation=scan)
         return VideoMambaModel(config).eval()
     if name == "videomae":
         from transformers import VideoMAEConfig, VideoMAEModel
@@ -97,7 +101,7 @@ def peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(name: str, frames: int, mode: str, repeats: int, threads: int) -> dict:
+def measure(name: str, frames: int, mode: str, repeats: int, threads: int, scan: str = "auto") -> dict:
     """Runs in the child process: times and peak memory of one (model, frames, mode)."""
     import torch
 
@@ -106,7 +110,7 @@ def measure(name: str, frames: int, mode: str, repeats: int, threads: int) -> di
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(name, frames)
+    model = build_model(name, frames, scan)
     pixel_values = torch.randn(1, frames, 3, 224, 224)
     if mode == "train-ckpt":
         model.gradient_checkpointing_enable()
@@ -131,8 +135,10 @@ def measure(name: str, frames: int, mode: str, repeats: int, threads: int) -> di
     return {"median_s": median, "min_s": low, "max_s": high, "cpu_s": summary(cpu_times)[0], "peak_mb": peak_mb}
 
 
-def run_child(name, frames, mode, repeats, threads, timeout):
-    command = [sys.executable, os.path.abspath(__file__), "--child", name, str(frames), mode, str(repeats), str(threads)]
+def run_child(name, frames, mode, repeats, threads, timeout, scan="auto"):
+    command = [
+        sys.executable, os.path.abspath(__file__), "--child", name, str(frames), mode, str(repeats), str(threads), scan,
+    ]
     try:
         # A fixed mmap threshold makes glibc hand every large freed tensor back to the OS, so the
         # RSS after the warm-up is a fair baseline (the default threshold adapts and keeps them).
@@ -145,13 +151,13 @@ def run_child(name, frames, mode, repeats, threads, timeout):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def profile_videomamba(frames: int, threads: int):
+def profile_videomamba(frames: int, threads: int, scan: str = "auto"):
     import torch
     from torch.profiler import profile
 
     if threads:
         torch.set_num_threads(threads)
-    model = build_model("videomamba", frames)
+    model = build_model("videomamba", frames, scan)
     pixel_values = torch.randn(1, frames, 3, 224, 224)
     with torch.no_grad():
         model(pixel_values)
@@ -162,8 +168,8 @@ def profile_videomamba(frames: int, threads: int):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        name, frames, mode, repeats, threads = sys.argv[2:7]
-        print(json.dumps(measure(name, int(frames), mode, int(repeats), int(threads))))
+        name, frames, mode, repeats, threads, scan = sys.argv[2:8]
+        print(json.dumps(measure(name, int(frames), mode, int(repeats), int(threads), scan)))
         return
     from timing import print_table
 
@@ -174,36 +180,49 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    parser.add_argument(
+        "--scans", nargs="+", default=["auto"], choices=["auto", "fast", "native", "reference"],
+        help="VideoMamba scan implementations to compare (one row each; the first is the ratios' base)",
+    )
     parser.add_argument("--profile", action="store_true", help="profile one VideoMamba forward and exit")
     args = parser.parse_args()
     if args.profile:
-        profile_videomamba(args.frames[0], args.threads)
+        profile_videomamba(args.frames[0], args.threads, args.scans[0])
         return
+    if "native" in args.scans or "auto" in args.scans:
+        # Build (or load) the kernel once here so no timed child pays for the compilation.
+        from modeling_videomamba.native_scan import load_native_scan
+
+        print(f"native scan: {'available' if load_native_scan() is not None else 'unavailable (fast is used)'}")
+    # (model, scan) pairs: VideoMamba once per scan, the transformers once.
+    variants = [(model, scan) for model in args.models for scan in (args.scans if model == "videomamba" else ["-"])]
+    base_variant = ("videomamba", args.scans[0])
 
     import torch
 
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}")
     for mode in args.modes:
         results = {
-            (model, frames): run_child(model, frames, mode, args.repeats, args.threads, args.timeout)
-            for model in args.models
+            (model, scan, frames): run_child(model, frames, mode, args.repeats, args.threads, args.timeout, scan)
+            for model, scan in variants
             for frames in args.frames
         }
         rows = []
-        for (model, frames), result in results.items():
+        for (model, scan, frames), result in results.items():
+            label = model if scan == "-" else f"{model} ({scan})"
             if "error" in result:
-                rows.append([model, frames, "-", "-", "-", "-", "-", "-", result["error"]])
+                rows.append([label, frames, "-", "-", "-", "-", "-", "-", result["error"]])
                 continue
-            base = results.get(("videomamba", frames), {})
-            first = results.get((model, args.frames[0]), {})
+            base = results.get(base_variant + (frames,), {})
+            first = results.get((model, scan, args.frames[0]), {})
             ratio = f"{result['median_s'] / base['median_s']:.2f}x" if "median_s" in base else "-"
             # Cost per frame relative to the smallest frame count: 1.0 = linear in frames.
             growth = (result["median_s"] / frames) / (first["median_s"] / args.frames[0]) if "median_s" in first else float("nan")
             rows.append([
-                model, frames, f"{result['median_s']:.3f}", f"{result['min_s']:.3f}", f"{result['max_s']:.3f}",
+                label, frames, f"{result['median_s']:.3f}", f"{result['min_s']:.3f}", f"{result['max_s']:.3f}",
                 f"{result['cpu_s']:.3f}", ratio, f"{growth:.2f}", f"{result['peak_mb']:.0f}",
             ])
-        header = ["model", "frames", "median s", "min s", "max s", "cpu median s", "time vs videomamba",
+        header = ["model", "frames", "median s", "min s", "max s", "cpu median s", f"time vs videomamba ({args.scans[0]})",
                   f"per-frame cost vs {args.frames[0]} frames", "peak MB"]
         print_table(f"mode: {mode} (batch 1, 224x224)", header, rows)
 

@@ -4,6 +4,8 @@ All columns compute the same function, the full mamba-ssm contract (delta bias +
 one scan direction, batch 1, fp32, d_inner 384, state 16 (VideoMamba-Ti's mixer):
 
 - fast:         modeling_videomamba.selective_scan.selective_scan_fast
+- native:       the same with implementation="native", the compiled C++ CPU kernel (built on first use;
+                the column is skipped with a note when it cannot be built)
 - reference:    modeling_videomamba.selective_scan.selective_scan_reference (the plain recurrence)
 - transformers: transformers' own `mamba_selective_scan` (models/mamba/modeling_mamba.py), the
                 sequential-loop fallback MambaMixer runs without mamba-ssm, called directly
@@ -32,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from timing import machine_description, max_relative_error, print_table, summary, time_call  # noqa: E402
 
+from modeling_videomamba.native_scan import load_native_scan  # noqa: E402
 from modeling_videomamba.selective_scan import selective_scan_fast, selective_scan_reference  # noqa: E402
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -48,9 +51,9 @@ def transformers_scan(use_mambapy):
     return scan
 
 
-def ours(function):
+def ours(function, **options):
     def scan(u, delta, A, B, C, D, z, delta_bias):
-        return function(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=True)
+        return function(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=True, **options)
 
     return scan
 
@@ -93,14 +96,18 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-
-    columns = {"fast": ours(selective_scan_fast), "reference": ours(selective_scan_reference)}
+    columns = {"fast": ours(selective_scan_fast)}
+    if load_native_scan() is not None:  # built here, before any timing
+        columns["native"] = ours(selective_scan_fast, implementation="native")
+    else:
+        print("note: the native scan could not be built (see the warning); its column is skipped")
+    columns["reference"] = ours(selective_scan_reference)
     columns["transformers"] = transformers_scan(use_mambapy=False)
     if importlib.util.find_spec("mambapy") is not None:
         columns["mambapy"] = transformers_scan(use_mambapy=True)
     else:
         print("note: mambapy is not installed (pip install mambapy); its column is skipped")
+    warnings.filterwarnings("ignore")
     print(f"machine: {machine_description()}; batch 1, dim {args.dim}, state {args.state}, fp32")
 
     for length in args.lengths:
