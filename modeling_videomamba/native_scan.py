@@ -33,10 +33,14 @@ def _build():
     """Compile (or load the cached build of) the extension; raises whatever the toolchain raises."""
     from torch.utils.cpp_extension import load
 
+    # The kernel's 16-lane tiles fill one AVX-512 register or two AVX2 ones. The instruction set is part
+    # of the name so builds for different CPUs never share a cache entry.
     capability = torch.backends.cpu.get_cpu_capability()
-    vector_flags = ["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else []
-    # The flags are part of the name so builds for different CPUs never share a cache entry.
-    name = "videomamba_selective_scan_cpu_" + ("avx2" if vector_flags else "generic")
+    vector_flags = {
+        "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mprefer-vector-width=512"],
+        "AVX2": ["-mavx2", "-mfma"],
+    }.get(capability, [])
+    name = "videomamba_selective_scan_cpu_" + (capability.lower() if vector_flags else "generic")
     return load(
         name=name,
         sources=[str(SOURCE)],
