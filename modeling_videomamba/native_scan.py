@@ -8,11 +8,15 @@ warning is issued and callers fall back to the pure-PyTorch "fast" scan. VIDEOMA
 disables the native scan altogether (no build is attempted).
 """
 
+import glob
 import os
 import warnings
 from pathlib import Path
 
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
 ENV_VAR = "VIDEOMAMBA_NATIVE_SCAN"
@@ -29,6 +33,16 @@ def native_scan_enabled() -> bool:
     return os.environ.get(ENV_VAR, "1").strip() != "0"
 
 
+def _is_cached(name: str) -> bool:
+    """Whether a built library of `name` is in torch's extensions directory (so loading is quick)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    custom_root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    # torch puts builds under <root>/<python>_<accelerator>/ unless TORCH_EXTENSIONS_DIR is set.
+    pattern = os.path.join(custom_root, name) if custom_root else os.path.join(get_default_build_root(), "*", name)
+    return bool(glob.glob(os.path.join(pattern, f"{name}*.so")))
+
+
 def _build():
     """Compile (or load the cached build of) the extension; raises whatever the toolchain raises."""
     from torch.utils.cpp_extension import load
@@ -41,6 +55,11 @@ def _build():
         "AVX2": ["-mavx2", "-mfma"],
     }.get(capability, [])
     name = "videomamba_selective_scan_cpu_" + (capability.lower() if vector_flags else "generic")
+    if not _is_cached(name):
+        logger.warning(
+            f"Compiling the native CPU selective scan once for this machine (about a minute); later runs load "
+            f"it from torch's extensions cache. Set {ENV_VAR}=0 to use the pure-PyTorch scan instead."
+        )
     return load(
         name=name,
         sources=[str(SOURCE)],
