@@ -99,34 +99,45 @@ def native_scan_available() -> bool:
 
 
 class NativeScan(torch.autograd.Function):
-    """The compiled recurrence, in `_BlockedScan`'s layout and with its contract:
+    """The compiled recurrence in `_BlockedScan`'s layout, with the step-size bias, softplus and D fused:
 
         u, delta : (batch, L, groups, dg)     A : (groups, N, dg)     B, C : (batch, L, groups, N)
-    Returns y (batch, L, groups, dg) and the last state (batch, groups, N, dg); all float32 or float64,
-    contiguous, on CPU. Its backward is the reverse-time adjoint recurrence, recomputing each block's
-    states from checkpoints kept every CHECKPOINT_EVERY tokens.
+        D, delta_bias : (groups * dg,) or None      delta_softplus : bool
+    delta_t <- softplus(delta_t + delta_bias); s_t = exp(delta_t A) s_{t-1} + delta_t u_t B_t;
+    y_t = <s_t, C_t> + D u_t. Returns y (batch, L, groups, dg) and the last state (batch, groups, N, dg);
+    all float32 or float64, contiguous, on CPU. The backward is the reverse-time adjoint recurrence,
+    recomputing each block's states from checkpoints kept every CHECKPOINT_EVERY tokens.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C):
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
         module = load_native_scan()
         if module is None:
             raise RuntimeError("the native selective scan is not available; check native_scan_available() first")
+        empty = u.new_empty(0)
+        D, delta_bias = (empty if tensor is None else tensor for tensor in (D, delta_bias))
         save = any(ctx.needs_input_grad)
-        y, last_state, checkpoints = module.forward(u, delta, A, B, C, save, CHECKPOINT_EVERY)
+        y, last_state, checkpoints = module.forward(
+            u, delta, A, B, C, D, delta_bias, delta_softplus, save, CHECKPOINT_EVERY
+        )
         if save:
-            ctx.save_for_backward(u, delta, A, B, C, checkpoints)
+            ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, checkpoints)
+            ctx.delta_softplus = delta_softplus
         return y, last_state
 
     @staticmethod
     def backward(ctx, grad_y, grad_last_state):
-        u, delta, A, B, C, checkpoints = ctx.saved_tensors
+        u, delta, A, B, C, D, delta_bias, checkpoints = ctx.saved_tensors
         if grad_y is None:
             grad_y = torch.zeros_like(u)
         if grad_last_state is None:
             grad_last_state = u.new_zeros(u.shape[0], u.shape[2], A.shape[1], u.shape[3])
-        return tuple(
-            load_native_scan().backward(
-                u, delta, A, B, C, checkpoints, grad_y.contiguous(), grad_last_state.contiguous(), CHECKPOINT_EVERY
-            )
+        grad_y = grad_y.contiguous()
+        grad_u, grad_delta, grad_A, grad_B, grad_C = load_native_scan().backward(
+            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, checkpoints, grad_y, grad_last_state.contiguous(),
+            CHECKPOINT_EVERY,
         )
+        # D and delta_bias act per channel at every (batch, token): their gradients are sums over both.
+        grad_D = (grad_y * u).sum((0, 1)).flatten() if ctx.needs_input_grad[5] else None
+        grad_bias = grad_delta.sum((0, 1)).flatten() if ctx.needs_input_grad[6] else None
+        return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_bias, None

@@ -214,7 +214,6 @@ def selective_scan_tokens_first(
         raise ValueError(f"selective_scan_tokens_first supports 'fast' and 'native'; got {implementation!r}.")
     if implementation == "native" and u.device.type != "cpu":
         raise ValueError(f"scan_implementation='native' is a CPU kernel; got tensors on {u.device}.")
-    core = NativeScan.apply if implementation == "native" and native_scan_available() else _BlockedScan.apply
     out_dtype = u.dtype
     dtype = _compute_dtype(u.dtype)
     batch, length, dim = u.shape
@@ -223,20 +222,30 @@ def selective_scan_tokens_first(
         raise ValueError(f"selective_scan: dim ({dim}) must be divisible by the number of B/C groups ({groups}).")
     dg = dim // groups
     u, delta = u.to(dtype), delta.to(dtype)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)
-    if delta_softplus:
-        delta = F.softplus(delta)
-    y, last_state = core(
+    # The native kernel applies delta_bias, softplus and D itself (as separate ops they cost more
+    # than its scan); the fast scan leaves them to PyTorch.
+    native = implementation == "native" and native_scan_available()
+    if not native:
+        if delta_bias is not None:
+            delta = delta + delta_bias.to(dtype)
+        if delta_softplus:
+            delta = F.softplus(delta)
+    core_args = (
         u.reshape(batch, length, groups, dg).contiguous(),
         delta.reshape(batch, length, groups, dg).contiguous(),
         A.to(dtype).reshape(groups, dg, state_size).transpose(1, 2).contiguous(),
         B.to(dtype).contiguous(),
         C.to(dtype).contiguous(),
     )
-    y = y.reshape(batch, length, dim)
-    if D is not None:
-        y = torch.addcmul(y, u, D.to(dtype))
+    if native:
+        D, delta_bias = (None if v is None else v.to(dtype).contiguous() for v in (D, delta_bias))
+        y, last_state = NativeScan.apply(*core_args, D, delta_bias, delta_softplus)
+        y = y.reshape(batch, length, dim)
+    else:
+        y, last_state = _BlockedScan.apply(*core_args)
+        y = y.reshape(batch, length, dim)
+        if D is not None:
+            y = torch.addcmul(y, u, D.to(dtype))
     if z is not None:
         y = y * F.silu(z.to(dtype))
     return y.to(out_dtype), last_state.transpose(2, 3).reshape(batch, dim, state_size)

@@ -111,9 +111,10 @@ def test_native_forward_without_grad_keeps_no_checkpoints(built):
     u, delta = (inputs[name].transpose(1, 2).reshape(1, 20, 1, 8).contiguous() for name in ("u", "delta"))
     A = inputs["A"].t().reshape(1, 4, 8).contiguous()
     B, C = (inputs[name].permute(0, 3, 1, 2).contiguous() for name in ("B", "C"))
-    y, last, checkpoints = built.forward(u, delta, A, B, C, False, 5)
+    none = (torch.empty(0), torch.empty(0))  # no D, no delta_bias
+    y, last, checkpoints = built.forward(u, delta, A, B, C, *none, False, False, 5)
     assert checkpoints.numel() == 0
-    y_saved, last_saved, checkpoints = built.forward(u, delta, A, B, C, True, 5)
+    y_saved, last_saved, checkpoints = built.forward(u, delta, A, B, C, *none, False, True, 5)
     assert checkpoints.shape == (4, 1, 1, 4, 8)
     assert torch.equal(y, y_saved) and torch.equal(last, last_saved)
 
@@ -193,3 +194,16 @@ def test_importing_does_not_build():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_native_fused_softplus_over_a_wide_range(built):
+    # The kernel's own softplus (series log1p) against torch's, from deep in the tail to past its
+    # linear threshold: raw step sizes spread over [-30, 30].
+    inputs = make_inputs(1, 16, 40, 4, None, seed=7)
+    inputs["delta"] = torch.linspace(-30, 30, 16 * 40).reshape(1, 16, 40)
+    out, grads = outputs_and_grads(native, inputs, OPTIONAL, True, True)
+    ref_out, ref_grads = outputs_and_grads(selective_scan_reference, inputs, OPTIONAL, True, True)
+    for index, (actual, expected) in enumerate(zip(out, ref_out)):
+        assert_close_relative(actual, expected, 1e-5, f"output {index}")
+    for name in ref_grads:
+        assert_close_relative(grads[name], ref_grads[name], 1e-5, f"grad {name}")

@@ -4,9 +4,10 @@
 // Layout (token-major, as the mixer's projections produce it; all contiguous):
 //   u, delta : (batch, L, groups, dg)      A : (groups, N, dg)      B, C : (batch, L, groups, N)
 //   state    : (batch, groups, N, dg)      s_t = exp(delta_t A) * s_{t-1} + delta_t u_t B_t
-//   y        : (batch, L, groups, dg)      y_t = <s_t, C_t> over N
-// softplus / delta_bias / D / z stay in PyTorch (autograd covers them); this file only does the
-// recurrence and its adjoint.
+//   y        : (batch, L, groups, dg)      y_t = <s_t, C_t> over N  (+ D u_t)
+// Optionally fused, as they cost more than the scan's own time as separate PyTorch ops: the step-size
+// bias and softplus (delta_t <- softplus(delta_t + delta_bias)) and the skip term D u_t, with D and
+// delta_bias of shape (groups * dg,). The z gate stays in PyTorch.
 //
 // Work is split into tasks of (batch, group, tile of kTile channels); a task owns its channels, keeps
 // their (N, kTile) state in a small buffer and walks the sequence once. Tiles are padded to kTile
@@ -49,6 +50,56 @@ inline float exp_lane(float x) {
 }
 
 inline double exp_lane(double x) { return std::exp(x); }
+
+// log1p(y) for y in [0, 1] as 2 atanh(s), s = y / (2 + y) in [0, 1/3]: the odd series to s^15 is
+// below float rounding there and keeps full relative accuracy for tiny y (no 1 + y cancellation).
+inline float log1p_unit(float y) {
+  const float s = y / (2.0f + y), s2 = s * s;
+  float p = 1.0f / 15.0f;
+  p = p * s2 + 1.0f / 13.0f;
+  p = p * s2 + 1.0f / 11.0f;
+  p = p * s2 + 1.0f / 9.0f;
+  p = p * s2 + 1.0f / 7.0f;
+  p = p * s2 + 1.0f / 5.0f;
+  p = p * s2 + 1.0f / 3.0f;
+  p = p * s2 + 1.0f;
+  return 2.0f * s * p;
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)), and its slope sigmoid(x), branch-free.
+inline void softplus_lane(float x, float& value, float& slope) {
+  const float e = exp_lane(x < 0.0f ? x : -x);
+  value = (x > 0.0f ? x : 0.0f) + log1p_unit(e);
+  const float r = 1.0f / (1.0f + e);
+  slope = x > 0.0f ? r : e * r;
+}
+
+inline void softplus_lane(double x, double& value, double& slope) {
+  const double e = std::exp(-std::abs(x));
+  value = std::max(x, 0.0) + std::log1p(e);
+  slope = x > 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+}
+
+// The per-channel options of a scan: D and delta_bias as kTile lanes of a task (zeros when absent).
+template <typename T>
+struct Options {
+  const T *D, *bias;
+  bool softplus;
+};
+
+// delta_t of a task's lanes: raw + bias, then softplus; slope = d delta / d raw (1 without softplus).
+// (Two loops rather than a test inside one, so each has straight-line lanes that vectorise.)
+template <typename T>
+inline void prepare_delta(T* dl, T* slope, const T* bias, bool softplus) {
+  if (softplus) {
+    for (int64_t c = 0; c < kTile; ++c) softplus_lane(dl[c] + bias[c], dl[c], slope[c]);
+  } else {
+    for (int64_t c = 0; c < kTile; ++c) {
+      dl[c] += bias[c];
+      slope[c] = T(1);
+    }
+  }
+}
 
 struct Shape {
   int64_t batch, length, groups, dg, state, tiles;
@@ -98,8 +149,8 @@ void check_inputs(const torch::Tensor& u, const torch::Tensor& delta, const torc
 // entering every block of `block` tokens (what the backward recomputes a block from).
 template <typename T>
 void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-                    const torch::Tensor& B, const torch::Tensor& C, torch::Tensor& y, torch::Tensor& last,
-                    torch::Tensor* checkpoints, int64_t block) {
+                    const torch::Tensor& B, const torch::Tensor& C, const Options<T>& options, torch::Tensor& y,
+                    torch::Tensor& last, torch::Tensor* checkpoints, int64_t block) {
   const Shape s = shape_of(u, A);
   const T *pu = u.data_ptr<T>(), *pd = delta.data_ptr<T>(), *pA = A.data_ptr<T>();
   const T *pB = B.data_ptr<T>(), *pC = C.data_ptr<T>();
@@ -111,6 +162,9 @@ void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const to
     std::vector<T> state(N * kTile), a(N * kTile);
     for (int64_t index = first; index < end; ++index) {
       const Task task(s, index);
+      T D[kTile], bias[kTile];
+      load_lanes(D, options.D + task.g * s.dg + task.c0, task.width);
+      load_lanes(bias, options.bias + task.g * s.dg + task.c0, task.width);
       std::fill(state.begin(), state.end(), T(0));
       for (int64_t n = 0; n < N; ++n) load_lanes(&a[n * kTile], pA + (task.g * N + n) * s.dg + task.c0, task.width);
       for (int64_t t = 0; t < s.length; ++t) {
@@ -121,12 +175,13 @@ void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const to
         const int64_t row = (task.b * s.length + t) * dim + task.g * s.dg + task.c0;
         const T* Bt = pB + ((task.b * s.length + t) * s.groups + task.g) * N;
         const T* Ct = pC + ((task.b * s.length + t) * s.groups + task.g) * N;
-        T dl[kTile], du[kTile], acc[kTile];
+        T dl[kTile], slope[kTile], uu[kTile], du[kTile], acc[kTile];
         load_lanes(dl, pd + row, task.width);
-        load_lanes(du, pu + row, task.width);
+        load_lanes(uu, pu + row, task.width);
+        prepare_delta(dl, slope, bias, options.softplus);
         for (int64_t c = 0; c < kTile; ++c) {
-          du[c] *= dl[c];
-          acc[c] = T(0);
+          du[c] = dl[c] * uu[c];
+          acc[c] = D[c] * uu[c];
         }
         for (int64_t n = 0; n < N; ++n) {
           T* sn = &state[n * kTile];
@@ -152,7 +207,8 @@ void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const to
 template <typename T>
 void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                      const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& checkpoints,
-                     const torch::Tensor& grad_y, const torch::Tensor& grad_last, int64_t block,
+                     const Options<T>& options, const torch::Tensor& grad_y, const torch::Tensor& grad_last,
+                     int64_t block,
                      torch::Tensor& grad_u, torch::Tensor& grad_delta, torch::Tensor& grad_A_part,
                      torch::Tensor& grad_B_part, torch::Tensor& grad_C_part) {
   const Shape s = shape_of(u, A);
@@ -171,6 +227,9 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
     for (int64_t index = first; index < end; ++index) {
       const Task task(s, index);
       const int64_t tile = task.c0 / kTile;
+      T D[kTile], bias[kTile];
+      load_lanes(D, options.D + task.g * s.dg + task.c0, task.width);
+      load_lanes(bias, options.bias + task.g * s.dg + task.c0, task.width);
       for (int64_t n = 0; n < N; ++n) {
         load_lanes(&a[n * kTile], pA + (task.g * N + n) * s.dg + task.c0, task.width);
         load_lanes(&lam[n * kTile], pgl + ((task.b * s.groups + task.g) * N + n) * s.dg + task.c0, task.width);
@@ -183,9 +242,10 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
         for (int64_t i = 0; i < size; ++i) {
           const int64_t t = start + i, row = (task.b * s.length + t) * dim + task.g * s.dg + task.c0;
           const T* Bt = pB + ((task.b * s.length + t) * s.groups + task.g) * N;
-          T dl[kTile], du[kTile];
+          T dl[kTile], slope[kTile], du[kTile];
           load_lanes(dl, pd + row, task.width);
           load_lanes(du, pu + row, task.width);
+          prepare_delta(dl, slope, bias, options.softplus);
           for (int64_t c = 0; c < kTile; ++c) du[c] *= dl[c];
           for (int64_t n = 0; n < N; ++n) {
             const T* prev = &states[(i * N + n) * kTile];
@@ -202,10 +262,11 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
         for (int64_t i = size - 1; i >= 0; --i) {
           const int64_t t = start + i, row = (task.b * s.length + t) * dim + task.g * s.dg + task.c0;
           const int64_t bc_row = ((task.b * s.length + t) * s.groups + task.g) * N;
-          T dl[kTile], uu[kTile], du[kTile], dy[kTile], gd[kTile], lamB[kTile];
+          T dl[kTile], slope[kTile], uu[kTile], du[kTile], dy[kTile], gd[kTile], lamB[kTile];
           load_lanes(dl, pd + row, task.width);
           load_lanes(uu, pu + row, task.width);
           load_lanes(dy, pgy + row, task.width);
+          prepare_delta(dl, slope, bias, options.softplus);
           for (int64_t c = 0; c < kTile; ++c) {
             du[c] = dl[c] * uu[c];
             gd[c] = T(0);
@@ -234,8 +295,9 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
             pgC[tile * bc_size + bc_row + n] = gC;
           }
           for (int64_t c = 0; c < task.width; ++c) {
-            pgu[row + c] = lamB[c] * dl[c];
-            pgd[row + c] = gd[c] + lamB[c] * uu[c];
+            // grad_delta is with respect to the raw delta (before bias and softplus).
+            pgu[row + c] = lamB[c] * dl[c] + D[c] * dy[c];
+            pgd[row + c] = (gd[c] + lamB[c] * uu[c]) * slope[c];
           }
         }
       }
@@ -246,8 +308,22 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
 }
 
 // Returns (y, last_state, checkpoints); checkpoints is empty unless save_checkpoints.
+// D / delta_bias: (groups * dg,) tensors of u's dtype, or empty ones for "none" (zeros are used).
+template <typename T>
+Options<T> make_options(const torch::Tensor& u, const torch::Tensor& D, const torch::Tensor& delta_bias, bool softplus,
+                        torch::Tensor& zeros) {
+  const int64_t dim = u.size(2) * u.size(3);
+  zeros = u.new_zeros({dim});
+  for (const auto* t : {&D, &delta_bias}) {
+    TORCH_CHECK(t->numel() == 0 || (t->numel() == dim && t->is_contiguous() && t->scalar_type() == u.scalar_type()),
+                "selective_scan_cpu: D and delta_bias must be empty or contiguous (", dim, ",) of u's dtype");
+  }
+  return {(D.numel() ? D : zeros).data_ptr<T>(), (delta_bias.numel() ? delta_bias : zeros).data_ptr<T>(), softplus};
+}
+
 std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-                                        const torch::Tensor& B, const torch::Tensor& C, bool save_checkpoints,
+                                        const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
+                                        const torch::Tensor& delta_bias, bool softplus, bool save_checkpoints,
                                         int64_t block) {
   TORCH_CHECK(block >= 1, "selective_scan_cpu: block must be >= 1");
   auto y = torch::empty_like(u);
@@ -257,14 +333,18 @@ std::vector<torch::Tensor> scan_forward(const torch::Tensor& u, const torch::Ten
                          : u.new_empty({0});
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
     check_inputs<scalar_t>(u, delta, A, B, C);
-    forward_kernel<scalar_t>(u, delta, A, B, C, y, last, save_checkpoints ? &checkpoints : nullptr, block);
+    torch::Tensor zeros;
+    const auto options = make_options<scalar_t>(u, D, delta_bias, softplus, zeros);
+    forward_kernel<scalar_t>(u, delta, A, B, C, options, y, last, save_checkpoints ? &checkpoints : nullptr, block);
   });
   return {y, last, checkpoints};
 }
 
-// Returns (grad_u, grad_delta, grad_A, grad_B, grad_C) in the forward's layout.
+// Returns (grad_u, grad_delta, grad_A, grad_B, grad_C) in the forward's layout; grad_delta is with
+// respect to the raw delta. grad_D and grad_delta_bias are sums over (batch, L) the caller forms.
 std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
-                                         const torch::Tensor& B, const torch::Tensor& C,
+                                         const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
+                                         const torch::Tensor& delta_bias, bool softplus,
                                          const torch::Tensor& checkpoints, const torch::Tensor& grad_y,
                                          const torch::Tensor& grad_last, int64_t block) {
   const Shape s = shape_of(u, A);
@@ -279,7 +359,9 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
   auto grad_C_part = u.new_empty({s.tiles, s.batch, s.length, s.groups, s.state});
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
     check_inputs<scalar_t>(u, delta, A, B, C);
-    backward_kernel<scalar_t>(u, delta, A, B, C, checkpoints, grad_y, grad_last, block, grad_u, grad_delta,
+    torch::Tensor zeros;
+    const auto options = make_options<scalar_t>(u, D, delta_bias, softplus, zeros);
+    backward_kernel<scalar_t>(u, delta, A, B, C, checkpoints, options, grad_y, grad_last, block, grad_u, grad_delta,
                               grad_A_part, grad_B_part, grad_C_part);
   });
   return {grad_u, grad_delta, grad_A_part.sum(0), grad_B_part.sum(0), grad_C_part.sum(0)};
