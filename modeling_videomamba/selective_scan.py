@@ -20,9 +20,9 @@ back in the dtype of `u`. Implementations:
   sequential fused multiply-add per token on a (state, dim) state, with the discretisation and the
   C-contraction vectorised per block of tokens. `selective_scan_tokens_first` is the same scan in
   the (batch, length, dim) layout the mixer's projections produce.
-- "native": the same blocked contract as "fast" computed by a compiled C++ CPU kernel (fused exp and
-  multiply-add, OpenMP over batch x channels, its own adjoint backward), built on first use; see
-  `native_scan`. When it cannot be built, one warning is issued and "fast" is used instead.
+- "native": the "fast" layout computed by a compiled C++ CPU kernel (the recurrence with the step-size
+  bias, softplus and D fused in, threads over batch x channels, its own adjoint backward), built on
+  first use; see `native_scan`. When it cannot be built, one warning is issued and "fast" is used instead.
 - "cuda": mamba-ssm's fused kernel, imported lazily (optional extra `pip install .[cuda]`).
 
 "auto" picks "cuda" on CUDA devices with mamba-ssm, else "native" on CPU when the kernel is built or
