@@ -207,3 +207,13 @@ def test_native_fused_softplus_over_a_wide_range(built):
         assert_close_relative(actual, expected, 1e-5, f"output {index}")
     for name in ref_grads:
         assert_close_relative(grads[name], ref_grads[name], 1e-5, f"grad {name}")
+
+
+def test_compile_notice_only_when_not_cached(monkeypatch, tmp_path):
+    # The one-time "compiling" notice keys on a built library in torch's extensions directory.
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    name = "videomamba_selective_scan_cpu_test"
+    assert not native_scan._is_cached(name)
+    (tmp_path / name).mkdir()
+    (tmp_path / name / f"{name}.so").write_bytes(b"")
+    assert native_scan._is_cached(name)
