@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import math
-import pickle
 import re
 from collections.abc import Mapping
 from importlib import resources
@@ -90,18 +89,20 @@ def load_original_checkpoint(path: Union[str, Path]) -> object:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Weights only load failed" in str(error):
+    except Exception as error:  # torch.load fails with many types on damaged input; all mean the same here
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused:
             raise OSError(
-                f"Refusing to load {str(path)!r}: it holds objects other than tensors and plain containers, "
-                f"which weights_only=True does not unpickle. Save just its state dict and convert that. "
-                f"({str(error).splitlines()[0]})"
+                f"Refusing to load {str(path)!r}: it holds a {refused.group(1)} object, which "
+                "torch.load(weights_only=True) does not unpickle. Save only its state dict and convert that."
             ) from error
-        raise OSError(f"{str(path)!r} is not a PyTorch checkpoint ({error}).") from error
-    except (RuntimeError, EOFError, ValueError, OSError, UnicodeDecodeError) as error:
+        # Keep torch's diagnosis, not its advice to retry with weights_only=False.
+        unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+        lines = [line.strip() for line in (unpickler.group(1) if unpickler else str(error)).splitlines()]
+        first_line = next((line for line in lines if line), "")
         raise OSError(
-            f"Could not read {str(path)!r} as a PyTorch checkpoint; the file is damaged, truncated or of "
-            f"another format ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})."
+            f"Could not read {str(path)!r} as a PyTorch checkpoint: the file is damaged, truncated or of "
+            f"another format ({type(error).__name__}: {first_line[:200]})."
         ) from error
 
 
