@@ -329,12 +329,9 @@ def build_video_processor(config: VideoMambaConfig):
         from .processors import VideoMambaVideoProcessor
     except ImportError:
         return None
-    return VideoMambaVideoProcessor(
-        size={"shortest_edge": config.image_size},
-        crop_size={"height": config.image_size, "width": config.image_size},
-        num_frames=config.num_frames,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
+    # The original evaluates on the shorter side resized to the input size, then a centre crop.
+    return VideoMambaVideoProcessor.from_model_config(
+        config, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)
     )
 
 

@@ -4,7 +4,6 @@ layout and wrapper, adaptation (frames, resolution, image -> video), labels, and
 import argparse
 import logging
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,22 +16,14 @@ from modeling_videomamba import (
     VideoMambaModel,
 )
 from modeling_videomamba.convert_original_checkpoint import convert_original_checkpoint, main
+from original_fixture import fixture_path, load_fixture
 
-REPO = Path(__file__).resolve().parents[1]
 LOGGER = "modeling_videomamba.convert_original_checkpoint"
-
-
-def shared_dir() -> Path:
-    """shared/ beside the clone (CI), else the workspace copy."""
-    for candidate in (REPO.parent / "shared", Path("/work/shared")):
-        if candidate.is_dir():
-            return candidate
-    pytest.fail("shared/ (reference fixtures) not found beside the repository nor at /work/shared")
 
 
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(shared_dir() / "fixtures/original/video_cls_a.pt", weights_only=True)
+    return load_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +111,7 @@ def save(tmp_path, obj, name="checkpoint.pth"):
 
 def test_cli_conversion_reproduces_original_outputs(tmp_path, fixture, fixture_video):
     out = tmp_path / "converted"
-    main(["--checkpoint", str(shared_dir() / "fixtures/original/video_cls_a.pt"), "--output-dir", str(out)])
+    main(["--checkpoint", str(fixture_path()), "--output-dir", str(out)])
     assert (out / "model.safetensors").is_file()
     classifier = AutoModelForVideoClassification.from_pretrained(out).eval()
     backbone = AutoModel.from_pretrained(out).eval()
