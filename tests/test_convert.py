@@ -287,6 +287,54 @@ def test_labels_from_text_and_json(tmp_path, fixture):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Video processor and pipeline
+# ----------------------------------------------------------------------------------------------------
+
+
+def _video_processor_class():
+    try:
+        from modeling_videomamba.processors import VideoMambaVideoProcessor
+    except ImportError:
+        return None
+    return VideoMambaVideoProcessor
+
+
+@pytest.mark.skipif(
+    _video_processor_class() is None,
+    reason="modeling_videomamba.processors has no VideoMambaVideoProcessor yet (branch `processor` not merged)",
+)
+def test_converted_directory_runs_in_the_pipeline(tmp_path):
+    import numpy as np
+    from transformers import pipeline
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # the top-level name needs torchvision
+    from video_fixtures import write_video
+
+    out = tmp_path / "k400"
+    convert_original_checkpoint(original_state_dict(classes=400, frames=4), output_dir=out)
+    processor = AutoVideoProcessor.from_pretrained(out)
+    assert type(processor) is _video_processor_class()
+    assert processor.num_frames == 4 and processor.size == {"shortest_edge": 32}
+    assert processor.crop_size == {"height": 32, "width": 32}
+    torch.testing.assert_close(torch.tensor(processor.image_mean), torch.tensor([0.485, 0.456, 0.406]))
+    torch.testing.assert_close(torch.tensor(processor.image_std), torch.tensor([0.229, 0.224, 0.225]))
+
+    frames = np.random.default_rng(0).integers(0, 256, (12, 40, 48, 3), dtype=np.uint8)
+    video = str(write_video(tmp_path / "clip.mp4", frames))
+    predictions = pipeline("video-classification", model=str(out))(video, top_k=3)
+    model = AutoModelForVideoClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        logits = model(**processor(video, return_tensors="pt")).logits[0]
+    assert [p["label"] for p in predictions] == [model.config.id2label[i] for i in logits.topk(3).indices.tolist()]
+    assert all(p["label"] in model.config.label2id for p in predictions)  # Kinetics names, not LABEL_i
+
+
+def test_image_models_save_no_video_processor(tmp_path):
+    out = tmp_path / "image"
+    convert_original_checkpoint(original_state_dict(image_model=True), output_dir=out)
+    assert (out / "model.safetensors").is_file() and not (out / "video_preprocessor_config.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
 # Refused inputs
 # ----------------------------------------------------------------------------------------------------
 
