@@ -368,6 +368,43 @@ def _check_against_model(renamed: StateDict, unknown: list, model: torch.nn.Modu
         )
 
 
+def _adapt(state_dict: StateDict, kwargs: dict, num_frames, image_size, inflate: bool) -> StateDict:
+    """Apply --inflate-image-to-video / --num-frames / --image-size to the tensors, updating `kwargs`."""
+    for name, value in (("num_frames", num_frames), ("image_size", image_size)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if inflate:
+        frames = num_frames if num_frames is not None else VideoMambaConfig().num_frames
+        state_dict = inflate_to_video(state_dict, frames)
+        kwargs.update(modality="video", tubelet_size=1, num_frames=frames)
+    elif num_frames is not None and kwargs["modality"] == "image":
+        raise ValueError("--num-frames applies to video models; add --inflate-image-to-video for an image checkpoint.")
+    video = kwargs["modality"] == "video"
+    if num_frames is not None or image_size is not None:
+        if num_frames is not None:
+            kwargs["num_frames"] = num_frames
+        if image_size is not None:
+            kwargs["image_size"] = image_size
+        if video and kwargs["num_frames"] % kwargs["tubelet_size"]:
+            raise ValueError(f"--num-frames {num_frames} is not divisible by the tubelet size {kwargs['tubelet_size']}.")
+        positions = kwargs["num_frames"] // kwargs["tubelet_size"] if video else None
+        state_dict = resize_embeddings(state_dict, kwargs["image_size"], kwargs["patch_size"], positions)
+    return state_dict
+
+
+def _label_kwargs(num_labels: int, labels) -> dict:
+    """id2label/label2id from the given names (a list or a file), else the shipped ones for 400/1000 classes."""
+    names = load_labels(labels) if isinstance(labels, (str, Path)) else labels
+    names = names if names is not None else default_labels(num_labels)
+    if names is None:
+        return {}
+    if len(names) != num_labels:
+        raise ValueError(f"{len(names)} class names given for a head of {num_labels} classes.")
+    if len(set(names)) != len(names):
+        raise ValueError("The class names must be distinct (label2id maps each name to one index).")
+    return {"id2label": dict(enumerate(names)), "label2id": {name: index for index, name in enumerate(names)}}
+
+
 def convert_original_checkpoint(
     checkpoint: Union[str, Path, Mapping],
     output_dir: Optional[Union[str, Path]] = None,
@@ -397,31 +434,10 @@ def convert_original_checkpoint(
     state_dict, ignored = strip_prefix(unwrap_state_dict(checkpoint))
 
     kwargs = infer_config_kwargs(state_dict)
-    if inflate_image_to_video:
-        frames = num_frames if num_frames is not None else VideoMambaConfig().num_frames
-        state_dict = inflate_to_video(state_dict, frames)
-        kwargs.update(modality="video", tubelet_size=1, num_frames=frames)
-    elif num_frames is not None and kwargs["modality"] == "image":
-        raise ValueError("--num-frames applies to video models; add --inflate-image-to-video for an image checkpoint.")
-    if num_frames is not None or image_size is not None:
-        kwargs["num_frames"] = num_frames if num_frames is not None else kwargs.get("num_frames")
-        kwargs["image_size"] = image_size if image_size is not None else kwargs["image_size"]
-        if kwargs["modality"] == "video" and kwargs["num_frames"] % kwargs["tubelet_size"]:
-            raise ValueError(f"--num-frames {num_frames} is not divisible by the tubelet size {kwargs['tubelet_size']}.")
-        positions = kwargs["num_frames"] // kwargs["tubelet_size"] if kwargs["modality"] == "video" else None
-        state_dict = resize_embeddings(state_dict, kwargs["image_size"], kwargs["patch_size"], positions)
-    if kwargs["modality"] == "image":
-        kwargs.pop("num_frames", None)
-
+    state_dict = _adapt(state_dict, kwargs, num_frames, image_size, inflate_image_to_video)
     with_head = "num_labels" in kwargs
     if with_head:
-        names = load_labels(labels) if isinstance(labels, (str, Path)) else labels
-        names = names if names is not None else default_labels(kwargs["num_labels"])
-        if names is not None:
-            if len(names) != kwargs["num_labels"]:
-                raise ValueError(f"{len(names)} class names given for a head of {kwargs['num_labels']} classes.")
-            kwargs["id2label"] = dict(enumerate(names))
-            kwargs["label2id"] = {name: index for index, name in enumerate(names)}
+        kwargs.update(_label_kwargs(kwargs["num_labels"], labels))
     elif labels is not None:
         raise ValueError("Class names were given, but the checkpoint has no classification head.")
 
@@ -431,13 +447,22 @@ def convert_original_checkpoint(
     _check_against_model(renamed, unknown, model)
     model.load_state_dict(renamed, strict=True)
     model.eval()
-    for key, reason in sorted({**ignored, **skipped}.items()):
-        logger.warning("Not converted: %s (%s).", key, reason)
+    _log_left_out({**ignored, **skipped})
     logger.info("Converted to %s: %s", type(model).__name__, _summary(config))
 
     if output_dir is not None:
         save_converted(model, output_dir)
     return model
+
+
+def _log_left_out(left_out: dict) -> None:
+    """One warning per reason; a multimodal text tower has hundreds of keys, so they are counted per prefix."""
+    by_reason = {}
+    for key, reason in sorted(left_out.items()):
+        by_reason.setdefault(reason, {}).setdefault(key.split(".")[0], []).append(key)
+    for reason, groups in by_reason.items():
+        listed = [keys[0] if len(keys) == 1 else f"{prefix}.* ({len(keys)} keys)" for prefix, keys in groups.items()]
+        logger.warning("Not converted (%s): %s.", reason, ", ".join(listed))
 
 
 def save_converted(model, output_dir: Union[str, Path]) -> None:
