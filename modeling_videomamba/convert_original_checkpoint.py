@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from transformers.initialization import no_init_weights
 
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import (
@@ -443,7 +444,10 @@ def convert_original_checkpoint(
 
     renamed, skipped, unknown = rename_keys(state_dict, with_head)
     config = VideoMambaConfig(**kwargs)
-    model = _model_class(config.modality, with_head)(config)
+    # Every parameter is overwritten by the strict load below, so random initialisation is skipped
+    # (it is most of the conversion time for the larger models).
+    with no_init_weights():
+        model = _model_class(config.modality, with_head)(config)
     _check_against_model(renamed, unknown, model)
     model.load_state_dict(renamed, strict=True)
     model.eval()

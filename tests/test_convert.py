@@ -11,6 +11,7 @@ from transformers import AutoModel, AutoModelForImageClassification, AutoModelFo
 
 import modeling_videomamba
 from modeling_videomamba import (
+    VideoMambaConfig,
     VideoMambaForImageClassification,
     VideoMambaForVideoClassification,
     VideoMambaModel,
@@ -220,6 +221,16 @@ def test_config_is_read_off_the_tensors():
     assert (config.patch_size, config.image_size, config.tubelet_size, config.num_frames) == (4, 16, 2, 8)
     assert (config.time_step_rank, config.conv_kernel, config.expand, config.num_labels) == (3, 4, 2, 3)
     assert config.rms_norm is True
+
+
+def test_released_tiny_layout_gives_the_tiny_preset():
+    """A checkpoint shaped like videomamba_t16_k400_f8_res224.pth (the paper's count: 7,033,744 parameters)."""
+    sd = original_state_dict(hidden=192, depth=24, patch=16, image=224, frames=8, classes=400)
+    model = convert_original_checkpoint(sd)
+    preset = VideoMambaConfig.from_preset("tiny", num_labels=400, num_frames=8)
+    for name in ("hidden_size", "num_hidden_layers", "image_size", "patch_size", "num_frames", "time_step_rank"):
+        assert getattr(model.config, name) == getattr(preset, name), name
+    assert sum(p.numel() for p in model.parameters()) == 7_033_744
 
 
 # ----------------------------------------------------------------------------------------------------
