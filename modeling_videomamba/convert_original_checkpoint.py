@@ -33,6 +33,8 @@ from .modeling_videomamba import (
     _interpolate_spatial,
     _interpolate_temporal,
 )
+from .processors import VideoMambaVideoProcessor
+from .processors.video_transforms import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +69,6 @@ SKIPPED_PREFIXES = (
 
 # Class names shipped with the package, used for heads of these sizes unless --labels says otherwise.
 DEFAULT_LABEL_FILES = {400: "kinetics400.json", 1000: "imagenet1k.json"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -323,14 +323,11 @@ def default_labels(num_labels: int) -> Optional[list]:
     return json.loads(resources.files(__package__).joinpath("labels", name).read_text(encoding="utf-8"))
 
 
-def build_video_processor(config: VideoMambaConfig):
-    """The video processor matching a converted video model (its size, frames, ImageNet normalisation),
-    or None while this package ships no video processor."""
-    try:
-        from .processors import VideoMambaVideoProcessor
-    except ImportError:
-        return None
-    # The original evaluates on the shorter side resized to the input size, then a centre crop.
+def build_video_processor(config: VideoMambaConfig) -> VideoMambaVideoProcessor:
+    """The video processor matching a converted video model: its frames and size, ImageNet normalisation.
+
+    The original evaluates on the shorter side resized to the input size, then a centre crop.
+    """
     return VideoMambaVideoProcessor.from_model_config(
         config, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)
     )
@@ -474,11 +471,7 @@ def save_converted(model, output_dir: Union[str, Path]) -> None:
     model.save_pretrained(output_dir)
     if model.config.modality != "video":
         return
-    processor = build_video_processor(model.config)
-    if processor is None:
-        logger.warning("No video processor saved: this version of the package has none.")
-    else:
-        processor.save_pretrained(output_dir)
+    build_video_processor(model.config).save_pretrained(output_dir)
 
 
 def _summary(config: VideoMambaConfig) -> str:

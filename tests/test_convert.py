@@ -16,6 +16,7 @@ from modeling_videomamba import (
     VideoMambaForVideoClassification,
     VideoMambaModel,
 )
+from modeling_videomamba.processors import VideoMambaVideoProcessor
 from modeling_videomamba.convert_original_checkpoint import convert_original_checkpoint, main
 from original_fixture import fixture_path, load_fixture
 
@@ -318,18 +319,6 @@ def test_labels_from_text_and_json(tmp_path, fixture):
 # ----------------------------------------------------------------------------------------------------
 
 
-def _video_processor_class():
-    try:
-        from modeling_videomamba.processors import VideoMambaVideoProcessor
-    except ImportError:
-        return None
-    return VideoMambaVideoProcessor
-
-
-@pytest.mark.skipif(
-    _video_processor_class() is None,
-    reason="modeling_videomamba.processors has no VideoMambaVideoProcessor yet (branch `processor` not merged)",
-)
 def test_converted_directory_runs_in_the_pipeline(tmp_path):
     import numpy as np
     from transformers import pipeline
@@ -339,7 +328,7 @@ def test_converted_directory_runs_in_the_pipeline(tmp_path):
     out = tmp_path / "k400"
     convert_original_checkpoint(original_state_dict(classes=400, frames=4), output_dir=out)
     processor = AutoVideoProcessor.from_pretrained(out)
-    assert type(processor) is _video_processor_class()
+    assert type(processor) is VideoMambaVideoProcessor
     assert processor.num_frames == 4 and processor.size == {"shortest_edge": 32}
     assert processor.crop_size == {"height": 32, "width": 32}
     torch.testing.assert_close(torch.tensor(processor.image_mean), torch.tensor([0.485, 0.456, 0.406]))
