@@ -92,11 +92,12 @@ def main():
 
     print(f"decode + preprocess, {NUM_FRAMES} frames of a 300-frame h264 clip -> (1, 8, 3, 224, 224); "
           f"{args.repeats} runs; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
-    print(f"| clip | reader | median ms | min ms | max ms | clips/s (median) |")
+    print("| clip | reader | median ms | min ms | max ms | clips/s (median) |")
     print("|---|---|---|---|---|---|")
     for clip, reader, seconds in rows:
         median = statistics.median(seconds)
-        print(f"| {clip} | {reader} | {median * 1e3:.1f} | {min(seconds) * 1e3:.1f} | {max(seconds) * 1e3:.1f} | {1 / median:.1f} |")
+        low, high = min(seconds) * 1e3, max(seconds) * 1e3
+        print(f"| {clip} | {reader} | {median * 1e3:.1f} | {low:.1f} | {high:.1f} | {1 / median:.1f} |")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from .modeling_videomamba import (
 )
 from .processors import (
     VideoDecodingError,
+    VideoDecodingWarning,
     VideoMambaProcessor,
     VideoMambaVideoProcessor,
     dataset_video_transform,
@@ -40,6 +41,7 @@ __all__ = [
     "VideoMambaVideoProcessor",
     "VideoMambaProcessor",
     "VideoDecodingError",
+    "VideoDecodingWarning",
     "read_video",
     "multi_view_predict",
     "dataset_video_transform",

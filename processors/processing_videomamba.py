@@ -31,7 +31,10 @@ class VideoMambaProcessor(ProcessorMixin):
         if argument_name != "video_processor":
             return super().check_argument_for_proper_class(argument_name, argument)
         if not isinstance(argument, VideoProcessorMixin):
-            raise TypeError(f"video_processor must be a VideoProcessorMixin (e.g. VideoMambaVideoProcessor), got {type(argument).__name__}.")
+            raise TypeError(
+                "video_processor must be a VideoProcessorMixin (e.g. VideoMambaVideoProcessor), "
+                f"got {type(argument).__name__}."
+            )
         return VideoProcessorMixin
 
     @property

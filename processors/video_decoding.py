@@ -117,10 +117,19 @@ def sample_frame_indices(num_total, num_frames, *, sampling="segment", stride=4,
     raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}.")
 
 
+PATH_TYPES = (str, os.PathLike)
+BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+def is_video_source(obj):
+    """Whether `obj` is something `read_video` decodes: a path, encoded bytes or a binary file object."""
+    return isinstance(obj, PATH_TYPES + BYTES_TYPES) or hasattr(obj, "read")
+
+
 def _source_name(source):
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, PATH_TYPES):
         return os.fspath(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
+    if isinstance(source, BYTES_TYPES):
         return f"<{len(source)} bytes>"
     return str(getattr(source, "name", "<file-like object>"))
 
@@ -130,7 +139,7 @@ class _Source:
 
     def __init__(self, source):
         self.name = _source_name(source)
-        if isinstance(source, (str, os.PathLike)):
+        if isinstance(source, PATH_TYPES):
             path = os.fspath(source)
             if not os.path.exists(path):
                 raise FileNotFoundError(errno.ENOENT, "Video file not found", path)
@@ -140,7 +149,7 @@ class _Source:
                 raise VideoDecodingError(f"Video file {path!r} is empty (0 bytes).")
             self._path, self._file = path, None
             return
-        if isinstance(source, (bytes, bytearray, memoryview)):
+        if isinstance(source, BYTES_TYPES):
             source = io.BytesIO(bytes(source))
         elif not hasattr(source, "read"):
             raise VideoDecodingError(
@@ -186,8 +195,12 @@ def _frames_from_duration(container, stream, fps):
 
 
 def _disagree(claimed, counted):
-    """Whether a frame count from metadata (0: unknown) is off from the counted one beyond rounding."""
-    return bool(claimed) and abs(claimed - counted) > max(2, 0.02 * claimed)
+    """Whether metadata (0: unknown) claims more frames than were counted, beyond rounding.
+
+    Only more: frames missing are the sign of a truncated or damaged file, while a low claim is usually a
+    rough estimate (MPEG-PS durations come from the bitrate) and costs nothing, since frames are counted.
+    """
+    return bool(claimed) and claimed - counted > max(2, 0.02 * claimed)
 
 
 def _decoded_frames(container, stream, errors):
@@ -354,6 +367,7 @@ __all__ = [
     "VideoDecodingError",
     "VideoDecodingWarning",
     "VideoInfo",
+    "is_video_source",
     "read_video",
     "sample_frame_indices",
     "segment_indices",

@@ -7,15 +7,13 @@ torchvision: decoding is PyAV (`video_decoding.py`) and the transforms are torch
 This file imports its siblings only relatively, so `save_pretrained` can copy it for `trust_remote_code`.
 """
 
-import os
-
 import numpy as np
 import torch
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import VideoProcessorMixin
 
-from .video_decoding import SAMPLING_MODES, read_video, sample_frame_indices
+from .video_decoding import SAMPLING_MODES, is_video_source, read_video, sample_frame_indices
 from .video_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -55,10 +53,6 @@ def _size_dict(size, keys):
     raise ValueError(f"Expected a positive int or a dict with keys {list(keys)}, got {size!r}.")
 
 
-def _is_source(video):
-    return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read")
-
-
 def _is_frame(frame):
     """A single image: a PIL image or an array/tensor (H, W, C) / (C, H, W)."""
     return (hasattr(frame, "mode") and hasattr(frame, "size")) or (
@@ -74,35 +68,47 @@ def _to_frame_array(frame):
 
 def _split_videos(videos):
     """A batch as a list of videos, each a source (path, bytes, file), an array (T, ...) or a frame list."""
-    if _is_source(videos):
+    if is_video_source(videos):
         return [videos]
     if isinstance(videos, (np.ndarray, torch.Tensor)):
         if videos.ndim == 4:
             return [videos]
         if videos.ndim == 5:
             return list(videos)
-        raise ValueError(f"A video array must be (T, H, W, C) or (T, C, H, W), or 5-D for a batch; got shape {tuple(videos.shape)}.")
+        raise ValueError(
+            f"A video array must be (T, H, W, C) or (T, C, H, W), or 5-D for a batch; got shape {tuple(videos.shape)}."
+        )
     if isinstance(videos, (list, tuple)) and videos:
         if all(_is_frame(frame) for frame in videos):
             return [list(videos)]
         return list(videos)
+    empty = " (empty)" if isinstance(videos, (list, tuple)) else ""
     raise ValueError(
         "Expected videos as a path, bytes, a file object, an array (T, H, W, C) or (T, C, H, W), a list of "
-        f"frames, or a list of those; got {type(videos).__name__}{' (empty)' if isinstance(videos, (list, tuple)) else ''}."
+        f"frames, or a list of those; got {type(videos).__name__}{empty}."
     )
 
 
 def _channels_first(video, input_data_format):
-    """(T, C, H, W) float32 tensor with 3 channels from an array/tensor (T, H, W, C) or (T, C, H, W)."""
+    """(T, C, H, W) tensor with 3 channels from an array/tensor (T, H, W, C) or (T, C, H, W).
+
+    uint8 stays uint8 (resizing uint8 is several times cheaper than converting full frames to float first);
+    other dtypes become float32.
+    """
     video = torch.as_tensor(np.ascontiguousarray(video) if isinstance(video, np.ndarray) else video)
     if video.ndim != 4:
         raise ValueError(f"A video must have 4 dimensions (T, H, W, C) or (T, C, H, W); got shape {tuple(video.shape)}.")
     if input_data_format is None:
         last, first = video.shape[-1] in (1, 3, 4), video.shape[1] in (1, 3, 4)
         if not (last or first):
-            raise ValueError(f"Cannot find the channel axis (1, 3 or 4 channels) of a video of shape {tuple(video.shape)}.")
+            raise ValueError(
+                f"Cannot find the channel axis (1, 3 or 4 channels) of a video of shape {tuple(video.shape)}."
+            )
         input_data_format = "channels_last" if last else "channels_first"
-    if str(input_data_format).endswith("last"):
+    input_data_format = getattr(input_data_format, "value", input_data_format)  # a transformers ChannelDimension
+    if input_data_format not in ("channels_last", "channels_first"):
+        raise ValueError(f"input_data_format must be 'channels_last' or 'channels_first', got {input_data_format!r}.")
+    if input_data_format == "channels_last":
         video = video.permute(0, 3, 1, 2)
     channels = video.shape[1]
     if channels == 1:
@@ -111,7 +117,7 @@ def _channels_first(video, input_data_format):
         video = video[:, :3]
     elif channels != 3:
         raise ValueError(f"Expected 1, 3 or 4 channels, got {channels} (video of shape {tuple(video.shape)}).")
-    return video.to(torch.float32)
+    return video if video.dtype == torch.uint8 else video.to(torch.float32)
 
 
 class VideoMambaVideoProcessor(VideoProcessorMixin):
@@ -235,17 +241,25 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         """
         unknown = sorted(set(kwargs) - set(_CALL_OPTIONS))
         if unknown:
-            raise ValueError(f"Unexpected arguments {unknown} for {type(self).__name__}; accepted: {list(_CALL_OPTIONS)}.")
+            raise ValueError(
+                f"Unexpected arguments {unknown} for {type(self).__name__}; accepted: {list(_CALL_OPTIONS)}."
+            )
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
         options = self._options(kwargs)
         self._validate(options)
         if training and (options["num_temporal_clips"] > 1 or options["num_spatial_crops"] > 1):
-            raise ValueError("Multi-view outputs (num_temporal_clips/num_spatial_crops > 1) are for evaluation, not training.")
+            raise ValueError(
+                "Multi-view outputs (num_temporal_clips/num_spatial_crops > 1) are for evaluation, not training."
+            )
         rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
 
-        clips_per_video = [self._sample_clips(video, options, training, rng, input_data_format) for video in _split_videos(videos)]
-        views = [view for clips in clips_per_video for clip in clips for view in self._transform(clip, options, training, rng)]
+        views = [
+            view
+            for video in _split_videos(videos)
+            for clip in self._sample_clips(video, options, training, rng, input_data_format)
+            for view in self._transform(clip, options, training, rng)
+        ]
         if len({tuple(view.shape) for view in views}) > 1:
             raise ValueError(
                 "Videos end up with different shapes and cannot be batched: "
@@ -259,7 +273,7 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         return BatchFeature(data=data)
 
     def _sample_clips(self, video, options, training, rng, input_data_format):
-        """List of clips (T, C, H, W) float32 (0-255 for decoded input) of one video, one per temporal view."""
+        """List of clips (T, C, H, W) (uint8 for decoded input) of one video, one per temporal view."""
         num_clips = 1 if training else options["num_temporal_clips"]
 
         def sampler(num_total):
@@ -268,7 +282,7 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
                 training=training, num_clips=num_clips, rng=rng,
             )
 
-        if _is_source(video):
+        if is_video_source(video):
             if isinstance(video, str) and video.startswith(("http://", "https://")):
                 raise ValueError(f"Download {video!r} first: this processor reads local files, bytes and file objects.")
             frames, _ = read_video(video, sampler if options["do_sample_frames"] else None)
@@ -276,7 +290,9 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
             return [_channels_first(clip, "channels_last") for clip in frames]
         if isinstance(video, (list, tuple)):
             if not video or not all(_is_frame(frame) for frame in video):
-                raise ValueError("A video given as a list must be a non-empty list of frames (PIL images or 3-D arrays).")
+                raise ValueError(
+                    "A video given as a list must be a non-empty list of frames (PIL images or 3-D arrays)."
+                )
             video = np.stack([_to_frame_array(frame) for frame in video])
         video = _channels_first(video, input_data_format)
         if not options["do_sample_frames"]:
@@ -287,7 +303,8 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         """The spatial views (each (T, C, H, W), normalised) of one clip."""
         height, width = options["crop_size"]["height"], options["crop_size"]["width"]
         if training:
-            clip = random_resized_crop(clip, height, width, options["train_crop_scale"], options["train_crop_ratio"], rng)
+            scale, ratio = options["train_crop_scale"], options["train_crop_ratio"]
+            clip = random_resized_crop(clip, height, width, scale, ratio, rng)
             if options["train_flip"] and rng.random() < 0.5:
                 clip = horizontal_flip(clip)
             views = [clip]
@@ -300,7 +317,7 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
                 views = [center_crop(clip, height, width) if options["do_center_crop"] else clip]
         return [
             rescale_and_normalize(
-                view,
+                view.to(torch.float32),
                 options["rescale_factor"] if options["do_rescale"] else None,
                 options["image_mean"] if options["do_normalize"] else None,
                 options["image_std"],

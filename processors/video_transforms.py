@@ -1,7 +1,8 @@
 """Spatial transforms of a clip, in torch only (no torchvision): resize, crops, flip, normalisation.
 
-Every function takes and returns a float tensor of shape (T, C, H, W) and applies the same geometry to all
-frames of the clip, as video models are trained.
+Every function takes and returns a tensor of shape (T, C, H, W), uint8 or float, and applies the same
+geometry to all frames of the clip, as video models are trained. uint8 resizing (CPU) rounds to integers,
+as PIL does.
 """
 
 import math
@@ -18,6 +19,8 @@ def resize(video, height, width):
     """Bilinear resize with antialiasing (as PIL and torchvision's antialiased resize) to (height, width)."""
     if video.shape[-2:] == (height, width):
         return video
+    if video.dtype == torch.uint8 and video.device.type != "cpu":  # uint8 interpolation is CPU-only
+        video = video.to(torch.float32)
     return F.interpolate(video, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 

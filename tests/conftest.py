@@ -81,6 +81,14 @@ def real_clip():
     return path
 
 
+@pytest.fixture
+def tiny_config():
+    """The brief's tiny VideoMambaConfig: 32x32 frames, patch 8, 4 frames, width 32, 2 layers, 3 labels."""
+    from modeling_videomamba import VideoMambaConfig
+
+    return VideoMambaConfig(**TINY_CONFIG)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny VideoMambaForVideoClassification with its VideoMambaProcessor (3 named labels)."""
@@ -95,7 +103,10 @@ def tiny_model_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_model")
     torch.manual_seed(0)
-    config = VideoMambaConfig(**TINY_CONFIG, id2label={0: "walk", 1: "run", 2: "jump"}, label2id={"walk": 0, "run": 1, "jump": 2})
+    labels = ["walk", "run", "jump"]
+    config = VideoMambaConfig(
+        **TINY_CONFIG, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}
+    )
     VideoMambaForVideoClassification(config).save_pretrained(root)
     VideoMambaProcessor(VideoMambaVideoProcessor.from_model_config(config)).save_pretrained(root)
     return root

@@ -74,13 +74,16 @@ REMOTE_SCRIPT = textwrap.dedent(
         raise SystemExit("the import blocker did not work")
     except ImportError:
         pass
-    from transformers import pipeline
+    from transformers import AutoProcessor, pipeline
 
     model_dir, paths = sys.argv[1], sys.argv[2:]
     classifier = pipeline("video-classification", model=model_dir, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
     print(json.dumps({
         "model_module": type(classifier.model).__module__,
         "processor_module": type(classifier.video_processor).__module__,
+        "auto_processor": type(processor).__module__ + "." + type(processor).__name__,
+        "pixel_values": processor(videos=paths[0])["pixel_values"].flatten().tolist(),
         "results": classifier(paths, top_k=3),
         "torchvision": "torchvision" in sys.modules,
     }))
@@ -100,6 +103,10 @@ def test_pipeline_with_trust_remote_code_where_the_package_is_not_importable(tin
     assert report["model_module"].startswith("transformers_modules.")
     assert report["processor_module"].startswith("transformers_modules.")
     assert report["torchvision"] is False
+    assert report["auto_processor"].startswith("transformers_modules.")
+    assert report["auto_processor"].endswith("processing_videomamba.VideoMambaProcessor")
+    expected_pixels = VideoMambaVideoProcessor.from_pretrained(tiny_model_dir)(paths[0])["pixel_values"]
+    assert torch.equal(torch.tensor(report["pixel_values"]), expected_pixels.flatten())
     for path, result in zip(paths, report["results"]):
         expected = _expected_scores(tiny_model_dir, path)
         assert {r["label"]: r["score"] for r in result} == pytest.approx(expected, abs=1e-6)

@@ -94,7 +94,8 @@ def test_sampler_arguments_are_checked(call):
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_every_container_reads_the_sampled_frames(videos, fmt):
     frames, info = read_video(videos[fmt], lambda n: segment_indices(n, 4))
-    assert info.num_frames == 20 and info.fps == pytest.approx(10.0)
+    assert info.num_frames == 20
+    assert info.fps == pytest.approx(25.0 if fmt == "h264" else 10.0)  # FFmpeg guesses 25 for raw streams
     assert frames.shape == (1, 4, 48, 64, 3) and frames.dtype == np.uint8
     assert [frame_index_of(f) for f in frames[0]] == [2, 7, 12, 17]
     everything, info_all = read_video(videos[fmt])
@@ -116,7 +117,7 @@ def test_seeking_decodes_only_what_is_needed_and_matches_sequential_decoding(vid
     frames, info = read_video(videos[name], lambda n: segment_indices(n, 4))
     assert info.frame_indices.tolist() == [[30, 90, 150, 210]]
     # A keyframe every 12 frames: at most 12 frames decoded per target instead of 211 sequentially.
-    assert len(decoded) <= 4 * 12
+    assert 4 <= len(decoded) <= 4 * 12
     assert (frames[0] == _plain_decode(videos[name], [30, 90, 150, 210])).all()
 
 
@@ -172,7 +173,7 @@ def test_damaged_files_keep_the_frames_that_decode(broken_videos, kind):
     path = broken_videos[kind]
     reference = _plain_decode(path)
     assert 0 < len(reference) < 240
-    with pytest.warns(VideoDecodingWarning, match="truncated or damaged"):
+    with pytest.warns(VideoDecodingWarning, match="damaged"):
         frames, info = read_video(path, lambda n: segment_indices(n, 4))
     assert info.num_frames == len(reference)
     assert (frames[0] == np.stack([reference[i] for i in info.frame_indices[0]])).all()

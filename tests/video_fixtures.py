@@ -19,6 +19,12 @@ FORMATS = {
     "avi": ("avi", "mpeg4", "yuv420p"),
     "mov": ("mov", "mpeg4", "yuv420p"),
     "gif": ("gif", "gif", "rgb8"),
+    "flv": ("flv", "flv", "yuv420p"),
+    "wmv": ("wmv", "wmv2", "yuv420p"),
+    "3gp": ("3gp", "mpeg4", "yuv420p"),
+    "mpg": ("mpg", "mpeg2video", "yuv420p"),
+    "ts": ("ts", "h264", "yuv420p"),
+    "h264": ("h264", "h264", "yuv420p"),  # a raw elementary stream: no timestamps, no frame rate
 }
 
 
@@ -52,7 +58,7 @@ def write_video(path, frames, fmt="mp4", fps=10, gop=None):
             stream.codec_context.gop_size = gop
         if codec == "h264":
             stream.options = {"crf": "10", "preset": "ultrafast"}
-        elif codec == "mpeg4":
+        elif codec in ("mpeg4", "wmv2", "flv", "mpeg2video"):  # their default bit rates blur the levels
             stream.codec_context.bit_rate = 2_000_000
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
