@@ -17,7 +17,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import ModelOutput
 
 from .configuration_videomamba import VideoMambaConfig
-from .selective_scan import causal_conv1d, resolve_implementation, selective_scan
+from .selective_scan import (
+    causal_conv1d,
+    causal_conv1d_tokens_first,
+    resolve_implementation,
+    selective_scan,
+    selective_scan_tokens_first,
+)
 
 
 @dataclass
@@ -240,9 +246,42 @@ class VideoMambaMixer(nn.Module):
         delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # dt bias is added inside the scan, in fp32
         return u, delta, B.transpose(1, 2), C.transpose(1, 2)
 
+    def _forward_tokens_first(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The "fast" path: the same computation kept in (B, L, channels) layout, both directions at once.
+
+        Channels [:inner] are the forward direction, [inner:] the backward one on the flipped sequence.
+        Both directions share the gate silu(z), so it is applied once, after flipping back and summing.
+        """
+        inner, rank, state = self.intermediate_size, self.time_step_rank, self.state_size
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, inner) each
+        x = torch.cat([x, x.flip(1)], dim=-1)
+        weight = torch.cat([self.conv1d.weight, self.conv1d_b.weight]).squeeze(1)
+        bias = torch.cat([self.conv1d.bias, self.conv1d_b.bias])
+        u = causal_conv1d_tokens_first(x, weight, bias)
+        projected = [proj(part) for proj, part in zip((self.x_proj, self.x_proj_b), u.split(inner, dim=-1))]
+        dt, B, C = zip(*(p.split([rank, state, state], dim=-1) for p in projected))
+        # One matmul with a block-diagonal weight gives both directions' delta already side by side;
+        # the dt bias is added inside the scan, in fp32.
+        delta = torch.cat(dt, dim=-1) @ torch.block_diag(self.dt_proj.weight.t(), self.dt_proj_b.weight.t())
+        y, _ = selective_scan_tokens_first(
+            u,
+            delta,
+            torch.cat([-torch.exp(self.A_log.float()), -torch.exp(self.A_b_log.float())]),
+            torch.stack(B, dim=2),
+            torch.stack(C, dim=2),
+            D=torch.cat([self.D, self.D_b]).float(),
+            delta_bias=torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
+            delta_softplus=True,
+        )
+        y_forward, y_backward = y.split(inner, dim=-1)
+        gated = (y_forward + y_backward.flip(1)) * F.silu(z.to(y.dtype))
+        return self.out_proj(gated.to(hidden_states.dtype))
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, L, hidden_size) -> (B, L, hidden_size), in the compute dtype."""
         implementation = resolve_implementation(self.config.scan_implementation, hidden_states.device)
+        if implementation == "fast":
+            return self._forward_tokens_first(hidden_states)
         use_kernel = implementation == "cuda"
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, inner, L) each
         forward = self._branch_inputs(x, self.conv1d, self.x_proj, self.dt_proj, use_kernel)

@@ -1,0 +1,212 @@
+"""VideoMamba-Ti vs VideoMAE-Ti vs TimeSformer-Ti on CPU: forward time, peak memory, frames scaling.
+
+Models (random weights, batch 1, 224x224, patch 16, so 196 patches per frame):
+- videomamba:  VideoMambaConfig.from_preset("tiny"): hidden 192, 24 bidirectional Mamba blocks,
+               state 16, d_inner 384, tubelet 1 (1 + 196*T tokens); scan_implementation "fast" on CPU.
+- videomae:    VideoMAEConfig(hidden 192, 12 layers, 3 heads, MLP 768, tubelet 1), SDPA attention over
+               all 196*T tokens (as VideoMAE-Ti would with VideoMamba's tubelet).
+- timesformer: TimesformerConfig(hidden 192, 12 layers, 3 heads, MLP 768,
+               attention_type="joint_space_time"): full attention over 1 + 196*T tokens (eager
+               attention: transformers' TimeSformer has no SDPA path).
+
+Each measurement runs in its own subprocess so that its peak memory is its own: after one warm-up
+call, the peak RSS is reset (/proc/self/clear_refs) and the peak is its growth over the timed calls
+above the RSS just before them, i.e. the activations, gradients and workspace beyond the weights and
+the input (glibc is told to return large frees to the OS so that the baseline is fair). Times are
+medians of --repeats calls after the warm-up call (wall time, and the process's CPU time, which is
+steadier on a shared machine); ratios and per-frame growth use the wall-time medians.
+
+Modes: "forward" (no_grad inference), "train" (forward + backward of the mean of the output) and
+"train-ckpt" (the same with model.gradient_checkpointing_enable()).
+
+    # quick (about a minute on 2 cores)
+    python benchmarks/bench_models.py --frames 8 --repeats 1 --modes forward
+    # the full run (tens of minutes on 2 cores; TimeSformer at 64 frames needs ~10 GB)
+    python benchmarks/bench_models.py --frames 8 16 32 64 --repeats 3 --modes forward train train-ckpt
+    # profile one VideoMamba forward (top operators)
+    python benchmarks/bench_models.py --profile --frames 8
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = ("videomamba", "videomae", "timesformer")
+MODES = ("forward", "train", "train-ckpt")
+HIDDEN, HEADS, MLP, TRANSFORMER_LAYERS = 192, 3, 768, 12
+
+
+def build_model(name: str, frames: int):
+    """One of MODELS with random weights, in eval mode (dropout off) for any mode."""
+    if name == "videomamba":
+        from modeling_videomamba import VideoMambaConfig, VideoMambaModel
+
+        config = VideoMambaConfig.from_preset("tiny", num_frames=frames, image_size=224)
+        return VideoMambaModel(config).eval()
+    if name == "videomae":
+        from transformers import VideoMAEConfig, VideoMAEModel
+
+        config = VideoMAEConfig(
+            image_size=224, patch_size=16, num_frames=frames, tubelet_size=1, hidden_size=HIDDEN,
+            num_hidden_layers=TRANSFORMER_LAYERS, num_attention_heads=HEADS, intermediate_size=MLP,
+            use_mean_pooling=True, attn_implementation="sdpa",
+        )
+        return VideoMAEModel(config).eval()
+    if name == "timesformer":
+        from transformers import TimesformerConfig, TimesformerModel
+
+        config = TimesformerConfig(
+            image_size=224, patch_size=16, num_frames=frames, hidden_size=HIDDEN,
+            num_hidden_layers=TRANSFORMER_LAYERS, num_attention_heads=HEADS, intermediate_size=MLP,
+            attention_type="joint_space_time",
+        )
+        return TimesformerModel(config).eval()
+    raise ValueError(f"Unknown model {name!r}; expected one of {MODELS}.")
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"{field}:\s+(\d+) kB", status.read()).group(1))
+
+
+def reset_peak_rss() -> int:
+    """Reset the process's peak RSS (Linux >= 4.0) and return the current RSS in bytes.
+
+    Falls back to resource.getrusage's max RSS (which cannot be reset) elsewhere.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return _status_kib("VmRSS") * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss() -> int:
+    try:
+        return _status_kib("VmHWM") * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(name: str, frames: int, mode: str, repeats: int, threads: int) -> dict:
+    """Runs in the child process: times and peak memory of one (model, frames, mode)."""
+    import torch
+
+    from timing import summary, time_call
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(name, frames)
+    pixel_values = torch.randn(1, frames, 3, 224, 224)
+    if mode == "train-ckpt":
+        model.gradient_checkpointing_enable()
+        model.train()  # transformers only checkpoints in training mode; dropout rates are all 0 here
+
+    def step():
+        if mode == "forward":
+            with torch.no_grad():
+                model(pixel_values)
+        else:
+            model(pixel_values).last_hidden_state.mean().backward()
+            model.zero_grad(set_to_none=True)
+
+    # The warm-up call pages in the kernels' code and the allocator's pools, which are not the
+    # model's memory; the peak is then measured over the timed calls only.
+    step()
+    before = reset_peak_rss()
+    cpu_times = []
+    times = time_call(step, repeats=repeats, warmup=0, cpu_times=cpu_times)
+    median, low, high = summary(times)
+    peak_mb = (peak_rss() - before) / 2**20
+    return {"median_s": median, "min_s": low, "max_s": high, "cpu_s": summary(cpu_times)[0], "peak_mb": peak_mb}
+
+
+def run_child(name, frames, mode, repeats, threads, timeout):
+    command = [sys.executable, os.path.abspath(__file__), "--child", name, str(frames), mode, str(repeats), str(threads)]
+    try:
+        # A fixed mmap threshold makes glibc hand every large freed tensor back to the OS, so the
+        # RSS after the warm-up is a fair baseline (the default threshold adapts and keeps them).
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["exit code %d" % done.returncode])[-1][:80]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def profile_videomamba(frames: int, threads: int):
+    import torch
+    from torch.profiler import profile
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = build_model("videomamba", frames)
+    pixel_values = torch.randn(1, frames, 3, 224, 224)
+    with torch.no_grad():
+        model(pixel_values)
+        with profile() as prof:
+            model(pixel_values)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        name, frames, mode, repeats, threads = sys.argv[2:7]
+        print(json.dumps(measure(name, int(frames), mode, int(repeats), int(threads))))
+        return
+    from timing import print_table
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    parser.add_argument("--profile", action="store_true", help="profile one VideoMamba forward and exit")
+    args = parser.parse_args()
+    if args.profile:
+        profile_videomamba(args.frames[0], args.threads)
+        return
+
+    import torch
+
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}")
+    for mode in args.modes:
+        results = {
+            (model, frames): run_child(model, frames, mode, args.repeats, args.threads, args.timeout)
+            for model in args.models
+            for frames in args.frames
+        }
+        rows = []
+        for (model, frames), result in results.items():
+            if "error" in result:
+                rows.append([model, frames, "-", "-", "-", "-", "-", "-", result["error"]])
+                continue
+            base = results.get(("videomamba", frames), {})
+            first = results.get((model, args.frames[0]), {})
+            ratio = f"{result['median_s'] / base['median_s']:.2f}x" if "median_s" in base else "-"
+            # Cost per frame relative to the smallest frame count: 1.0 = linear in frames.
+            growth = (result["median_s"] / frames) / (first["median_s"] / args.frames[0]) if "median_s" in first else float("nan")
+            rows.append([
+                model, frames, f"{result['median_s']:.3f}", f"{result['min_s']:.3f}", f"{result['max_s']:.3f}",
+                f"{result['cpu_s']:.3f}", ratio, f"{growth:.2f}", f"{result['peak_mb']:.0f}",
+            ])
+        header = ["model", "frames", "median s", "min s", "max s", "cpu median s", "time vs videomamba",
+                  f"per-frame cost vs {args.frames[0]} frames", "peak MB"]
+        print_table(f"mode: {mode} (batch 1, 224x224)", header, rows)
+
+
+if __name__ == "__main__":
+    main()
