@@ -1,0 +1,319 @@
+"""Training helpers shared by the Trainer scripts and the demo: clip loading, video-folder datasets,
+batch collation with mixup / cutmix / label smoothing, top-k metrics and a Trainer that scales soft-label
+losses correctly under gradient accumulation.
+
+All clip decoding and augmentation goes through `load_clip`, the single place to switch to the video
+processor.
+"""
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+# The original VideoMamba recipes normalise with ImageNet statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Clips
+# ----------------------------------------------------------------------------------------------------
+
+
+def decode_frames(path) -> np.ndarray:
+    """All frames of a video file as uint8 (N, H, W, 3). Raises OSError for unreadable files."""
+    try:
+        with av.open(str(path)) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError) as error:
+        raise OSError(f"Could not decode video {path}: {error}") from error
+    if not frames:
+        raise OSError(f"Video {path} has no frames.")
+    return np.stack(frames)
+
+
+def sample_segment_indices(total: int, num_frames: int, train: bool, generator: random.Random = None) -> list:
+    """TSN-style segment sampling: one frame per equal segment, random inside it when training, else its middle."""
+    generator = generator or random
+    edges = np.linspace(0, total, num_frames + 1)
+    indices = []
+    for start, end in zip(edges[:-1], edges[1:]):
+        if train:
+            index = int(start + generator.random() * (end - start))
+        else:
+            index = int((start + end) / 2)
+        indices.append(min(index, total - 1))
+    return indices
+
+
+@dataclass
+class ClipTransform:
+    """Frame sampling, spatial augmentation and normalisation of one clip (the original recipe's).
+
+    Training: segment sampling with a random frame per segment, a random resized crop (area `scale`, aspect
+    `ratio`) and an optional horizontal flip. Evaluation: middle frames, shorter side resized and centre
+    crop. Output (T, C, image_size, image_size) float, normalised with `mean` / `std`.
+    """
+
+    image_size: int = 224
+    scale: tuple = (0.35, 1.0)
+    ratio: tuple = (3 / 4, 4 / 3)
+    horizontal_flip: bool = False
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def _random_crop_box(self, height: int, width: int, generator) -> tuple:
+        area = height * width
+        for _ in range(10):
+            target = area * generator.uniform(*self.scale)
+            aspect = math.exp(generator.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return generator.randint(0, height - h), generator.randint(0, width - w), h, w
+        side = min(height, width)
+        return (height - side) // 2, (width - side) // 2, side, side
+
+    def __call__(self, frames: np.ndarray, num_frames: int, train: bool, generator: random.Random = None) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> float (num_frames, 3, image_size, image_size)."""
+        generator = generator or random
+        clip = torch.from_numpy(frames[sample_segment_indices(len(frames), num_frames, train, generator)])
+        clip = clip.permute(0, 3, 1, 2).float() / 255.0  # (T, C, H, W)
+        height, width = clip.shape[-2:]
+        if train:
+            top, left, h, w = self._random_crop_box(height, width, generator)
+            clip = clip[..., top : top + h, left : left + w]
+            size = (self.image_size, self.image_size)
+        else:
+            short = min(height, width)
+            size = (round(height * self.image_size / short), round(width * self.image_size / short))
+        clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if not train:
+            top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+            clip = clip[..., top : top + self.image_size, left : left + self.image_size]
+        if train and self.horizontal_flip and generator.random() < 0.5:
+            clip = clip.flip(-1)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (clip - mean) / std
+
+
+def load_clip(path, num_frames: int, train: bool, transform: ClipTransform = None) -> torch.Tensor:
+    """Decode `path` and return (num_frames, 3, H, W) float: THE data path of the scripts and the demo."""
+    return (transform or ClipTransform())(decode_frames(path), num_frames, train)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------
+
+
+def scan_video_folder(root, label2id: dict = None) -> tuple:
+    """Class-name folders of videos -> ([(path, label id)], label2id). Clear errors for bad layouts."""
+    root = Path(root)
+    if not root.is_dir():
+        raise OSError(f"Data directory {root} does not exist or is not a directory.")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(
+            f"Data directory {root} has no class folders; expected {root}/<class name>/<video files>."
+        )
+    if label2id is None:
+        label2id = {p.name: i for i, p in enumerate(class_dirs)}
+    samples = []
+    for class_dir in class_dirs:
+        if class_dir.name not in label2id:
+            raise ValueError(f"Class folder {class_dir} is not among the known labels {sorted(label2id)}.")
+        videos = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+        if not videos:
+            raise ValueError(f"Class folder {class_dir} holds no video files (expected one of {VIDEO_EXTENSIONS}).")
+        samples.extend((str(path), label2id[class_dir.name]) for path in videos)
+    return samples, label2id
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """(path, label) pairs -> {"pixel_values": (T, C, H, W), "labels": int}, decoded on access.
+
+    `num_views > 1` (evaluation only) returns (num_views, T, C, H, W): temporally shifted clips whose
+    logits the caller averages (multi-view testing).
+    """
+
+    def __init__(self, samples, num_frames: int, train: bool, transform: ClipTransform, num_views: int = 1, cache: bool = False):
+        self.samples, self.num_frames, self.train = list(samples), num_frames, train
+        self.transform, self.num_views = transform, num_views
+        self._cache = {} if cache else None
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _frames(self, path):
+        if self._cache is None:
+            return decode_frames(path)
+        if path not in self._cache:
+            self._cache[path] = decode_frames(path)
+        return self._cache[path]
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        frames = self._frames(path)
+        if self.num_views == 1:
+            pixel_values = self.transform(frames, self.num_frames, self.train)
+        else:
+            # Each view starts its segments at a different offset inside the first segment.
+            step = max(len(frames) // (self.num_frames * self.num_views), 1)
+            views = [self.transform(frames[v * step :] if v * step < len(frames) else frames, self.num_frames, False) for v in range(self.num_views)]
+            pixel_values = torch.stack(views)
+        return {"pixel_values": pixel_values, "labels": label}
+
+
+def collate_clips(examples: list) -> dict:
+    """Stack examples into {"pixel_values": (B, ...), "labels": (B,) long}."""
+    return {
+        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+        "labels": torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long),
+    }
+
+
+@dataclass
+class MixupCutmixCollator:
+    """Collates a training batch and mixes it (timm-style): with probability `prob`, either mixup (blend two
+    clips) or cutmix (paste a box cut from the partner clip into every frame), chosen with `switch_prob`;
+    labels become soft (B, num_labels), label-smoothed by `label_smoothing`. The partner of sample i is
+    sample B-1-i. With both alphas 0 it only smooths labels."""
+
+    num_labels: int
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    label_smoothing: float = 0.0
+
+    def _soft(self, labels: torch.Tensor) -> torch.Tensor:
+        off = self.label_smoothing / self.num_labels
+        return torch.full((len(labels), self.num_labels), off).scatter_(1, labels[:, None], 1.0 - self.label_smoothing + off)
+
+    def __call__(self, examples: list) -> dict:
+        batch = collate_clips(examples)
+        pixel_values, soft = batch["pixel_values"], self._soft(batch["labels"])
+        use_mix = (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and random.random() < self.prob
+        if use_mix:
+            use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or random.random() < self.switch_prob)
+            lam = float(np.random.beta(*(2 * [self.cutmix_alpha if use_cutmix else self.mixup_alpha])))
+            partner = pixel_values.flip(0)
+            if use_cutmix:
+                height, width = pixel_values.shape[-2:]
+                cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
+                cy, cx = random.randrange(height), random.randrange(width)
+                top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+                left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+                pixel_values = pixel_values.clone()
+                pixel_values[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
+                lam = 1.0 - (bottom - top) * (right - left) / (height * width)
+            else:
+                pixel_values = lam * pixel_values + (1.0 - lam) * partner
+            soft = lam * soft + (1.0 - lam) * soft.flip(0)
+        return {"pixel_values": pixel_values, "labels": soft}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics and loss
+# ----------------------------------------------------------------------------------------------------
+
+
+def topk_accuracy(logits, labels, ks=(1, 5)) -> dict:
+    """{"accuracy": top-1, "top5_accuracy": ...} for logits (N, C) and integer labels (N,); k > C is skipped."""
+    logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
+    if labels.dim() == 2:  # soft labels: score against their argmax
+        labels = labels.argmax(-1)
+    results = {}
+    for k in ks:
+        if k > logits.shape[-1]:
+            continue
+        hits = (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).float().mean().item()
+        results["accuracy" if k == 1 else f"top{k}_accuracy"] = hits
+    return results
+
+
+def compute_metrics(eval_prediction) -> dict:
+    """`Trainer(compute_metrics=...)`: top-1 (`accuracy`) and top-5 accuracy, computed locally (no hub)."""
+    logits = eval_prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return topk_accuracy(logits, eval_prediction.label_ids)
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, soft_labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross entropy against soft targets: (B, C), (B, C) -> (B,)."""
+    return -(soft_labels * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+
+
+class VideoMambaTrainer(Trainer):
+    """`Trainer` whose loss is right for soft labels (mixup / cutmix / label smoothing).
+
+    The stock Trainer sees that our models' `forward` takes `**kwargs`, so it expects the model to
+    normalise the loss by `num_items_in_batch` and skips the division by the gradient-accumulation steps;
+    but soft (B, C) float labels make transformers' loss pick a multi-label BCE that ignores
+    `num_items_in_batch`. Here soft labels get the soft-target cross entropy, summed and divided by the
+    number of samples in the whole accumulated (and, across processes, gathered) batch: exactly the
+    normalisation hard labels receive.
+    """
+
+    def _is_soft(self, labels) -> bool:
+        return torch.is_tensor(labels) and labels.is_floating_point() and labels.dim() == 2
+
+    def compute_task_loss(self, model, inputs, num_items_in_batch=None):
+        """(loss, outputs) of the task; subclasses add their terms on top."""
+        labels = inputs.get("labels")
+        if inputs["pixel_values"].dim() == 6:
+            return self._multi_view_loss(model, inputs)
+        if not self._is_soft(labels):
+            return super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**inputs)
+        per_sample = soft_target_cross_entropy(outputs["logits"], labels.to(outputs["logits"].device))
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # num_items_in_batch counts label ELEMENTS (B * C per batch); divide by the samples.
+            samples = num_items_in_batch / labels.shape[-1]
+            loss = per_sample.sum() / samples.to(per_sample.device) if torch.is_tensor(samples) else per_sample.sum() / samples
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                # DDP averages gradients over processes; the gathered count already spans them.
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = per_sample.mean()
+        outputs["loss"] = loss
+        return loss, outputs
+
+    def _multi_view_loss(self, model, inputs):
+        """(B, V, T, C, H, W) views (evaluation): logits averaged over the views, cross entropy on the average."""
+        pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
+        batch, views = pixel_values.shape[:2]
+        outputs = model(pixel_values=pixel_values.flatten(0, 1))
+        logits = outputs["logits"].view(batch, views, -1).mean(1)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return loss, {"loss": loss, "logits": logits}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = self.compute_task_loss(model, inputs, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+
+__all__ = [
+    "ClipTransform",
+    "MixupCutmixCollator",
+    "VideoClipDataset",
+    "VideoMambaTrainer",
+    "collate_clips",
+    "compute_metrics",
+    "decode_frames",
+    "load_clip",
+    "sample_segment_indices",
+    "scan_video_folder",
+    "soft_target_cross_entropy",
+    "topk_accuracy",
+]
