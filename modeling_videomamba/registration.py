@@ -4,12 +4,14 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForPreTraining,
     AutoModelForVideoClassification,
 )
 
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
+    VideoMambaForPreTraining,
     VideoMambaForVideoClassification,
     VideoMambaModel,
 )
@@ -18,6 +20,7 @@ MODEL_AUTO_CLASSES = (
     (AutoModel, VideoMambaModel),
     (AutoModelForVideoClassification, VideoMambaForVideoClassification),
     (AutoModelForImageClassification, VideoMambaForImageClassification),
+    (AutoModelForPreTraining, VideoMambaForPreTraining),
 )
 
 
