@@ -174,19 +174,19 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
 
 def collate_clips(examples: list) -> dict:
-    """Stack examples into {"pixel_values": (B, ...), "labels": (B,) long}."""
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "labels": torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long),
-    }
+    """Stack examples into {"pixel_values": (B, ...), "labels": (B,) long} ("labels" only where examples have them)."""
+    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+    if all("labels" in example for example in examples):
+        batch["labels"] = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)
+    return batch
 
 
 @dataclass
-class MixupCutmixCollator:
-    """Collates a training batch and mixes it (timm-style): with probability `prob`, either mixup (blend two
-    clips) or cutmix (paste a box cut from the partner clip into every frame), chosen with `switch_prob`;
-    labels become soft (B, num_labels), label-smoothed by `label_smoothing`. The partner of sample i is
-    sample B-1-i. With both alphas 0 it only smooths labels."""
+class MixupCutmix:
+    """Mixes a training batch (timm-style): with probability `prob`, either mixup (blend two clips) or cutmix
+    (paste a box cut from the partner clip into every frame), chosen with `switch_prob`; labels become soft
+    (B, num_labels), label-smoothed by `label_smoothing`. The partner of sample i is sample B-1-i. With both
+    alphas 0 it only smooths labels. Called on a collated batch {"pixel_values", "labels" (B,) long}."""
 
     num_labels: int
     mixup_alpha: float = 0.0
@@ -197,10 +197,10 @@ class MixupCutmixCollator:
 
     def _soft(self, labels: torch.Tensor) -> torch.Tensor:
         off = self.label_smoothing / self.num_labels
-        return torch.full((len(labels), self.num_labels), off).scatter_(1, labels[:, None], 1.0 - self.label_smoothing + off)
+        soft = torch.full((len(labels), self.num_labels), off, device=labels.device)
+        return soft.scatter_(1, labels[:, None], 1.0 - self.label_smoothing + off)
 
-    def __call__(self, examples: list) -> dict:
-        batch = collate_clips(examples)
+    def __call__(self, batch: dict) -> dict:
         pixel_values, soft = batch["pixel_values"], self._soft(batch["labels"])
         use_mix = (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and random.random() < self.prob
         if use_mix:
@@ -219,7 +219,7 @@ class MixupCutmixCollator:
             else:
                 pixel_values = lam * pixel_values + (1.0 - lam) * partner
             soft = lam * soft + (1.0 - lam) * soft.flip(0)
-        return {"pixel_values": pixel_values, "labels": soft}
+        return {**batch, "pixel_values": pixel_values, "labels": soft}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -262,7 +262,13 @@ class VideoMambaTrainer(Trainer):
     `num_items_in_batch`. Here soft labels get the soft-target cross entropy, summed and divided by the
     number of samples in the whole accumulated (and, across processes, gathered) batch: exactly the
     normalisation hard labels receive.
+
+    `batch_mixer` (e.g. `MixupCutmix`) mixes training batches only, never evaluation ones.
     """
+
+    def __init__(self, *args, batch_mixer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_mixer = batch_mixer
 
     def _is_soft(self, labels) -> bool:
         return torch.is_tensor(labels) and labels.is_floating_point() and labels.dim() == 2
@@ -270,6 +276,12 @@ class VideoMambaTrainer(Trainer):
     def compute_task_loss(self, model, inputs, num_items_in_batch=None):
         """(loss, outputs) of the task; subclasses add their terms on top."""
         labels = inputs.get("labels")
+        # The Trainer counted `num_items_in_batch` on the collated labels: samples for (B,) class ids,
+        # elements (B * C) for soft labels coming out of the data pipeline.
+        labels_per_sample = 1 if labels is None or labels.dim() == 1 else labels.shape[-1]
+        if self.batch_mixer is not None and model.training and labels is not None:
+            inputs = self.batch_mixer(inputs)
+            labels = inputs["labels"]
         if inputs["pixel_values"].dim() == 6:
             return self._multi_view_loss(model, inputs)
         if not self._is_soft(labels):
@@ -278,8 +290,7 @@ class VideoMambaTrainer(Trainer):
         outputs = model(**inputs)
         per_sample = soft_target_cross_entropy(outputs["logits"], labels.to(outputs["logits"].device))
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            # num_items_in_batch counts label ELEMENTS (B * C per batch); divide by the samples.
-            samples = num_items_in_batch / labels.shape[-1]
+            samples = num_items_in_batch / labels_per_sample
             loss = per_sample.sum() / samples.to(per_sample.device) if torch.is_tensor(samples) else per_sample.sum() / samples
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 # DDP averages gradients over processes; the gathered count already spans them.
@@ -303,15 +314,68 @@ class VideoMambaTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+# ----------------------------------------------------------------------------------------------------
+# Script helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def parse_config_overrides(overrides: str) -> dict:
+    """`"hidden_size=96,dt_init=mamba,rms_norm=false"` -> typed dict, types taken from the config's defaults."""
+    from .configuration_videomamba import VideoMambaConfig
+
+    defaults, parsed = VideoMambaConfig(), {}
+    for item in filter(None, (part.strip() for part in (overrides or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not hasattr(defaults, key.strip()):
+            raise ValueError(f"Bad config override {item!r}: expected key=value with a VideoMambaConfig field as key.")
+        key, default = key.strip(), getattr(defaults, key.strip())
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"Override {key} expects true/false, got {value!r}.")
+            parsed[key] = value.lower() in ("true", "1")
+        elif isinstance(default, int):
+            parsed[key] = int(value)
+        elif isinstance(default, float):
+            parsed[key] = float(value)
+        else:
+            parsed[key] = value
+    return parsed
+
+
+def load_samples(data_dir=None, dataset_name=None, split="train", label2id=None, video_column="video", label_column="label"):
+    """(path, label id) pairs and label2id from a class-folder directory or a `datasets` dataset whose
+    `video_column` holds file paths (or {"path": ...}) and `label_column` class ids (ClassLabel)."""
+    if data_dir:
+        return scan_video_folder(data_dir, label2id)
+    if not dataset_name:
+        raise ValueError("Give a data directory (--train_dir/--validation_dir) or --dataset_name.")
+    import datasets
+
+    dataset = datasets.load_dataset(dataset_name, split=split)
+    for column in (video_column, label_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"Dataset {dataset_name} has no column {column!r}; its columns are {dataset.column_names}.")
+    feature = dataset.features[label_column]
+    names = getattr(feature, "names", None) or sorted({str(v) for v in dataset[label_column]})
+    label2id = label2id or {name: i for i, name in enumerate(names)}
+    samples = []
+    for video, label in zip(dataset[video_column], dataset[label_column]):
+        path = video["path"] if isinstance(video, dict) else video
+        samples.append((path, label if hasattr(feature, "names") else label2id[str(label)]))
+    return samples, label2id
+
+
 __all__ = [
     "ClipTransform",
-    "MixupCutmixCollator",
+    "MixupCutmix",
     "VideoClipDataset",
     "VideoMambaTrainer",
     "collate_clips",
     "compute_metrics",
     "decode_frames",
     "load_clip",
+    "load_samples",
+    "parse_config_overrides",
     "sample_segment_indices",
     "scan_video_folder",
     "soft_target_cross_entropy",
