@@ -1,7 +1,7 @@
 """VideoMamba (arXiv 2403.06977) for Hugging Face transformers.
 
 Importing the package registers the model with the Auto classes (AutoConfig, AutoModel,
-AutoModelForVideoClassification, AutoModelForImageClassification).
+AutoModelForVideoClassification, AutoModelForImageClassification, AutoVideoProcessor, AutoProcessor).
 """
 
 from .configuration_videomamba import VideoMambaConfig
@@ -12,6 +12,14 @@ from .modeling_videomamba import (
     VideoMambaModel,
     VideoMambaModelOutput,
     VideoMambaPreTrainedModel,
+)
+from .processors import (
+    VideoDecodingError,
+    VideoMambaProcessor,
+    VideoMambaVideoProcessor,
+    dataset_video_transform,
+    multi_view_predict,
+    read_video,
 )
 from .selective_scan import causal_conv1d, cuda_kernels_available, selective_scan, selective_scan_reference
 from .registration import register_auto_classes
@@ -31,4 +39,10 @@ __all__ = [
     "causal_conv1d",
     "cuda_kernels_available",
     "register_auto_classes",
+    "VideoMambaVideoProcessor",
+    "VideoMambaProcessor",
+    "VideoDecodingError",
+    "read_video",
+    "multi_view_predict",
+    "dataset_video_transform",
 ]

@@ -303,7 +303,8 @@ class VideoMambaPreTrainedModel(PreTrainedModel):
     input_modalities = "video"
     supports_gradient_checkpointing = True
     _no_split_modules = ["VideoMambaEmbeddings", "VideoMambaLayer"]
-    _keep_in_fp32_modules = ["A_log", "A_b_log", "D", "D_b"]
+    # The SSM parameters stay in fp32 when loading in fp16 or bf16 (the scan state is fp32 anyway).
+    _keep_in_fp32_modules_strict = ["A_log", "A_b_log", "D", "D_b"]
 
     @torch.no_grad()
     def _init_weights(self, module):

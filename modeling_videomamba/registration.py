@@ -6,7 +6,11 @@ from transformers import (
     AutoModelForImageClassification,
     AutoModelForPreTraining,
     AutoModelForVideoClassification,
+    AutoProcessor,
 )
+# The top-level `transformers.AutoVideoProcessor` is a placeholder that raises without torchvision; the
+# class itself (which the pipelines use) works without it.
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import (
@@ -15,6 +19,8 @@ from .modeling_videomamba import (
     VideoMambaForVideoClassification,
     VideoMambaModel,
 )
+from .processors.processing_videomamba import VideoMambaProcessor
+from .processors.video_processing_videomamba import VideoMambaVideoProcessor
 
 MODEL_AUTO_CLASSES = (
     (AutoModel, VideoMambaModel),
@@ -25,7 +31,7 @@ MODEL_AUTO_CLASSES = (
 
 
 def register_auto_classes():
-    """Register the config and models with the Auto classes (idempotent).
+    """Register the config, models and processors with the Auto classes (idempotent).
 
     `register_for_auto_class` makes `save_pretrained` copy the modeling files next to the weights, so a
     saved directory loads with `trust_remote_code=True` where this package is not installed.
@@ -35,3 +41,8 @@ def register_auto_classes():
     for auto_class, model_class in MODEL_AUTO_CLASSES:
         auto_class.register(VideoMambaConfig, model_class, exist_ok=True)
         model_class.register_for_auto_class(auto_class.__name__)
+    # The processors' files are copied beside the weights the same way, by their own `save_pretrained`.
+    AutoVideoProcessor.register(VideoMambaConfig, VideoMambaVideoProcessor, exist_ok=True)
+    VideoMambaVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+    AutoProcessor.register(VideoMambaConfig, VideoMambaProcessor, exist_ok=True)
+    VideoMambaProcessor.register_for_auto_class("AutoProcessor")

@@ -1,1 +1,29 @@
-"""Video processor and processor for VideoMamba (installed as `modeling_videomamba.processors`)."""
+"""Video decoding, video processor and processor for VideoMamba (installed as `modeling_videomamba.processors`)."""
+
+from .datasets_videomamba import dataset_video_transform
+from .multi_view import multi_view_predict
+from .processing_videomamba import VideoMambaProcessor
+from .video_decoding import (
+    VideoDecodingError,
+    VideoDecodingWarning,
+    VideoInfo,
+    read_video,
+    sample_frame_indices,
+    segment_indices,
+    stride_indices,
+)
+from .video_processing_videomamba import VideoMambaVideoProcessor
+
+__all__ = [
+    "VideoDecodingError",
+    "VideoDecodingWarning",
+    "VideoInfo",
+    "VideoMambaProcessor",
+    "VideoMambaVideoProcessor",
+    "dataset_video_transform",
+    "multi_view_predict",
+    "read_video",
+    "sample_frame_indices",
+    "segment_indices",
+    "stride_indices",
+]

@@ -1,0 +1,312 @@
+"""Video processor for VideoMamba: decode, sample frames, resize, crop and normalise into `pixel_values`.
+
+It follows transformers' video-processor interface (`__call__(videos, num_frames=..., do_sample_frames=...,
+return_tensors=...)`, `save_pretrained`/`from_pretrained` through `video_preprocessor_config.json`,
+`AutoVideoProcessor`), but subclasses `VideoProcessorMixin` rather than `BaseVideoProcessor`, which needs
+torchvision: decoding is PyAV (`video_decoding.py`) and the transforms are torch (`video_transforms.py`).
+This file imports its siblings only relatively, so `save_pretrained` can copy it for `trust_remote_code`.
+"""
+
+import os
+
+import numpy as np
+import torch
+from transformers.image_processing_utils import BatchFeature
+from transformers.processing_utils import VideosKwargs
+from transformers.video_processing_utils import VideoProcessorMixin
+
+from .video_decoding import SAMPLING_MODES, read_video, sample_frame_indices
+from .video_transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop,
+    horizontal_flip,
+    random_resized_crop,
+    rescale_and_normalize,
+    resize_shortest_edge,
+    three_crops,
+)
+
+
+class VideoMambaVideoProcessorKwargs(VideosKwargs, total=False):
+    """The call/`from_pretrained` options beyond transformers' `VideosKwargs` (see the class docstring)."""
+
+    sampling: str
+    frame_stride: int
+    num_temporal_clips: int
+    num_spatial_crops: int
+    train_crop_scale: tuple
+    train_crop_ratio: tuple
+    train_flip: bool
+
+
+_CALL_OPTIONS = (
+    "num_frames", "do_sample_frames", "sampling", "frame_stride", "num_temporal_clips", "num_spatial_crops",
+    "do_resize", "size", "do_center_crop", "crop_size", "do_rescale", "rescale_factor", "do_normalize",
+    "image_mean", "image_std", "train_crop_scale", "train_crop_ratio", "train_flip",
+)
+
+
+def _size_dict(size, keys):
+    if isinstance(size, int):
+        return {key: size for key in keys}
+    if isinstance(size, dict) and set(size) == set(keys) and all(isinstance(size[k], int) and size[k] > 0 for k in keys):
+        return dict(size)
+    raise ValueError(f"Expected a positive int or a dict with keys {list(keys)}, got {size!r}.")
+
+
+def _is_source(video):
+    return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read")
+
+
+def _is_frame(frame):
+    """A single image: a PIL image or an array/tensor (H, W, C) / (C, H, W)."""
+    return (hasattr(frame, "mode") and hasattr(frame, "size")) or (
+        isinstance(frame, (np.ndarray, torch.Tensor)) and frame.ndim == 3
+    )
+
+
+def _to_frame_array(frame):
+    if hasattr(frame, "convert") and hasattr(frame, "mode"):  # PIL: any mode -> RGB
+        return np.asarray(frame.convert("RGB"))
+    return frame.numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
+
+
+def _split_videos(videos):
+    """A batch as a list of videos, each a source (path, bytes, file), an array (T, ...) or a frame list."""
+    if _is_source(videos):
+        return [videos]
+    if isinstance(videos, (np.ndarray, torch.Tensor)):
+        if videos.ndim == 4:
+            return [videos]
+        if videos.ndim == 5:
+            return list(videos)
+        raise ValueError(f"A video array must be (T, H, W, C) or (T, C, H, W), or 5-D for a batch; got shape {tuple(videos.shape)}.")
+    if isinstance(videos, (list, tuple)) and videos:
+        if all(_is_frame(frame) for frame in videos):
+            return [list(videos)]
+        return list(videos)
+    raise ValueError(
+        "Expected videos as a path, bytes, a file object, an array (T, H, W, C) or (T, C, H, W), a list of "
+        f"frames, or a list of those; got {type(videos).__name__}{' (empty)' if isinstance(videos, (list, tuple)) else ''}."
+    )
+
+
+def _channels_first(video, input_data_format):
+    """(T, C, H, W) float32 tensor with 3 channels from an array/tensor (T, H, W, C) or (T, C, H, W)."""
+    video = torch.as_tensor(np.ascontiguousarray(video) if isinstance(video, np.ndarray) else video)
+    if video.ndim != 4:
+        raise ValueError(f"A video must have 4 dimensions (T, H, W, C) or (T, C, H, W); got shape {tuple(video.shape)}.")
+    if input_data_format is None:
+        last, first = video.shape[-1] in (1, 3, 4), video.shape[1] in (1, 3, 4)
+        if not (last or first):
+            raise ValueError(f"Cannot find the channel axis (1, 3 or 4 channels) of a video of shape {tuple(video.shape)}.")
+        input_data_format = "channels_last" if last else "channels_first"
+    if str(input_data_format).endswith("last"):
+        video = video.permute(0, 3, 1, 2)
+    channels = video.shape[1]
+    if channels == 1:
+        video = video.expand(-1, 3, -1, -1)
+    elif channels == 4:  # drop alpha
+        video = video[:, :3]
+    elif channels != 3:
+        raise ValueError(f"Expected 1, 3 or 4 channels, got {channels} (video of shape {tuple(video.shape)}).")
+    return video.to(torch.float32)
+
+
+class VideoMambaVideoProcessor(VideoProcessorMixin):
+    r"""
+    Turns videos into VideoMamba's `pixel_values` (batch, frames, 3, height, width), float32.
+
+    Evaluation (default): `num_frames` frames by segment sampling (the middle frame of each of `num_frames`
+    equal segments) or fixed-stride sampling, shorter side resized to `size["shortest_edge"]` (bilinear,
+    antialiased), centre crop `crop_size`, rescale by 1/255, ImageNet normalisation. Training
+    (`training=True` in the call): a random frame per segment (or a random stride start), one random
+    resized crop per clip and a random horizontal flip. Multi-view evaluation: `num_temporal_clips` clips
+    x `num_spatial_crops` (1 or 3) crops per video, returned as consecutive rows (batch * views, ...) with
+    `num_views` in the output (see `multi_view_predict`).
+
+    Args:
+        num_frames (`int`, defaults to 8): frames per clip (the model config's `num_frames`).
+        do_sample_frames (`bool`, defaults to True): sample `num_frames` frames; if False, array videos are
+            used whole and decoded files give all their frames.
+        sampling (`str`, defaults to `"segment"`): `"segment"` (VideoMamba) or `"stride"` (VideoMAE).
+        frame_stride (`int`, defaults to 4): frame gap of `"stride"` sampling.
+        num_temporal_clips (`int`, defaults to 1), num_spatial_crops (`int`, 1 or 3, defaults to 1): views.
+        do_resize, size (`{"shortest_edge": 224}`), do_center_crop, crop_size (`{"height": 224, "width": 224}`),
+        do_rescale, rescale_factor (1/255), do_normalize, image_mean, image_std (ImageNet): as in transformers.
+        train_crop_scale ((0.08, 1.0)), train_crop_ratio ((3/4, 4/3)), train_flip (True): training
+            augmentation (set `train_flip=False` for direction-sensitive data such as Something-Something).
+    """
+
+    model_input_names = ["pixel_values"]
+    valid_kwargs = VideoMambaVideoProcessorKwargs
+
+    def __init__(
+        self,
+        num_frames=8,
+        do_sample_frames=True,
+        sampling="segment",
+        frame_stride=4,
+        num_temporal_clips=1,
+        num_spatial_crops=1,
+        do_resize=True,
+        size=None,
+        do_center_crop=True,
+        crop_size=None,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        train_crop_scale=(0.08, 1.0),
+        train_crop_ratio=(3 / 4, 4 / 3),
+        train_flip=True,
+        **kwargs,
+    ):
+        kwargs.pop("video_processor_type", None)  # written by `to_dict`, it names this class
+        super().__init__(**kwargs)
+        self.num_frames = num_frames
+        self.do_sample_frames = do_sample_frames
+        self.sampling = sampling
+        self.frame_stride = frame_stride
+        self.num_temporal_clips = num_temporal_clips
+        self.num_spatial_crops = num_spatial_crops
+        self.do_resize = do_resize
+        self.size = _size_dict(size if size is not None else 224, ("shortest_edge",))
+        self.do_center_crop = do_center_crop
+        self.crop_size = _size_dict(crop_size if crop_size is not None else 224, ("height", "width"))
+        self.do_rescale = do_rescale
+        self.rescale_factor = rescale_factor
+        self.do_normalize = do_normalize
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.train_crop_scale = list(train_crop_scale)
+        self.train_crop_ratio = list(train_crop_ratio)
+        self.train_flip = train_flip
+        self._validate(self._options({}))
+
+    @classmethod
+    def from_model_config(cls, config, **kwargs):
+        """A processor matching a `VideoMambaConfig`: its `num_frames`, and `image_size` as resize and crop."""
+        defaults = {"num_frames": config.num_frames, "size": config.image_size, "crop_size": config.image_size}
+        return cls(**{**defaults, **kwargs})
+
+    def _options(self, overrides):
+        options = {name: getattr(self, name) for name in _CALL_OPTIONS}
+        options.update({name: value for name, value in overrides.items() if value is not None})
+        options["size"] = _size_dict(options["size"], ("shortest_edge",))
+        options["crop_size"] = _size_dict(options["crop_size"], ("height", "width"))
+        return options
+
+    @staticmethod
+    def _validate(options):
+        for name in ("num_frames", "frame_stride", "num_temporal_clips"):
+            if not isinstance(options[name], int) or isinstance(options[name], bool) or options[name] <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {options[name]!r}.")
+        if options["sampling"] not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {options['sampling']!r}.")
+        if options["num_spatial_crops"] not in (1, 3):
+            raise ValueError(f"num_spatial_crops must be 1 or 3, got {options['num_spatial_crops']!r}.")
+        if options["num_spatial_crops"] == 3 and not options["do_resize"]:
+            raise ValueError("num_spatial_crops=3 needs do_resize=True (the crops are taken after the resize).")
+        for name in ("image_mean", "image_std"):
+            if len(options[name]) != 3:
+                raise ValueError(f"{name} needs one value per RGB channel, got {options[name]!r}.")
+
+    def __call__(self, videos, **kwargs) -> BatchFeature:
+        return self.preprocess(videos, **kwargs)
+
+    def preprocess(self, videos, training=False, generator=None, input_data_format=None, return_tensors=None, **kwargs):
+        """Process a video or a batch of videos.
+
+        Args:
+            videos: a path (any FFmpeg container), bytes, a binary file object, an array/tensor (T, H, W, C)
+                or (T, C, H, W) (uint8 0-255, or float with `do_rescale=False` for 0-1 values), a list of frames
+                (PIL images or (H, W, C) arrays), or a list/5-D array of such videos (sizes and lengths may differ).
+            training (`bool`): random sampling and augmentation instead of the deterministic evaluation views.
+            generator (`np.random.Generator` or `int` seed): randomness for `training`.
+            input_data_format: `"channels_last"` or `"channels_first"` for array inputs (inferred if None).
+            return_tensors: `"pt"` (default when None) or `"np"`.
+            kwargs: per-call overrides of the constructor's options (`num_frames`, `do_sample_frames`, ...).
+        Returns:
+            `BatchFeature` with `pixel_values` (batch * views, num_frames, 3, H, W) float32, plus `num_views`
+            (an int) when there is more than one view per video.
+        """
+        unknown = sorted(set(kwargs) - set(_CALL_OPTIONS))
+        if unknown:
+            raise ValueError(f"Unexpected arguments {unknown} for {type(self).__name__}; accepted: {list(_CALL_OPTIONS)}.")
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
+        options = self._options(kwargs)
+        self._validate(options)
+        if training and (options["num_temporal_clips"] > 1 or options["num_spatial_crops"] > 1):
+            raise ValueError("Multi-view outputs (num_temporal_clips/num_spatial_crops > 1) are for evaluation, not training.")
+        rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+
+        clips_per_video = [self._sample_clips(video, options, training, rng, input_data_format) for video in _split_videos(videos)]
+        views = [view for clips in clips_per_video for clip in clips for view in self._transform(clip, options, training, rng)]
+        if len({tuple(view.shape) for view in views}) > 1:
+            raise ValueError(
+                "Videos end up with different shapes and cannot be batched: "
+                f"{sorted({tuple(v.shape) for v in views})}. Sample frames (do_sample_frames=True) and crop."
+            )
+        pixel_values = torch.stack(views)
+        data = {"pixel_values": pixel_values.numpy() if return_tensors == "np" else pixel_values}
+        num_views = options["num_temporal_clips"] * options["num_spatial_crops"]
+        if num_views > 1:
+            data["num_views"] = num_views
+        return BatchFeature(data=data)
+
+    def _sample_clips(self, video, options, training, rng, input_data_format):
+        """List of clips (T, C, H, W) float32 (0-255 for decoded input) of one video, one per temporal view."""
+        num_clips = 1 if training else options["num_temporal_clips"]
+
+        def sampler(num_total):
+            return sample_frame_indices(
+                num_total, options["num_frames"], sampling=options["sampling"], stride=options["frame_stride"],
+                training=training, num_clips=num_clips, rng=rng,
+            )
+
+        if _is_source(video):
+            if isinstance(video, str) and video.startswith(("http://", "https://")):
+                raise ValueError(f"Download {video!r} first: this processor reads local files, bytes and file objects.")
+            frames, _ = read_video(video, sampler if options["do_sample_frames"] else None)
+            frames = frames if options["do_sample_frames"] else frames[None]
+            return [_channels_first(clip, "channels_last") for clip in frames]
+        if isinstance(video, (list, tuple)):
+            if not video or not all(_is_frame(frame) for frame in video):
+                raise ValueError("A video given as a list must be a non-empty list of frames (PIL images or 3-D arrays).")
+            video = np.stack([_to_frame_array(frame) for frame in video])
+        video = _channels_first(video, input_data_format)
+        if not options["do_sample_frames"]:
+            return [video]
+        return [video[torch.from_numpy(indices)] for indices in sampler(video.shape[0])]
+
+    def _transform(self, clip, options, training, rng):
+        """The spatial views (each (T, C, H, W), normalised) of one clip."""
+        height, width = options["crop_size"]["height"], options["crop_size"]["width"]
+        if training:
+            clip = random_resized_crop(clip, height, width, options["train_crop_scale"], options["train_crop_ratio"], rng)
+            if options["train_flip"] and rng.random() < 0.5:
+                clip = horizontal_flip(clip)
+            views = [clip]
+        else:
+            if options["do_resize"]:
+                clip = resize_shortest_edge(clip, options["size"]["shortest_edge"])
+            if options["num_spatial_crops"] == 3:
+                views = three_crops(clip, height, width)
+            else:
+                views = [center_crop(clip, height, width) if options["do_center_crop"] else clip]
+        return [
+            rescale_and_normalize(
+                view,
+                options["rescale_factor"] if options["do_rescale"] else None,
+                options["image_mean"] if options["do_normalize"] else None,
+                options["image_std"],
+            ).contiguous()
+            for view in views
+        ]
+
+
+__all__ = ["VideoMambaVideoProcessor", "VideoMambaVideoProcessorKwargs"]

@@ -1,0 +1,232 @@
+import math
+
+import pytest
+import torch
+
+from modeling_videomamba import (
+    VideoMambaConfig,
+    VideoMambaForImageClassification,
+    VideoMambaForVideoClassification,
+    VideoMambaModel,
+)
+from modeling_videomamba.modeling_videomamba import temporal_first_order
+
+
+def tiny_config(**overrides):
+    values = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_labels=3)
+    values.update(overrides)
+    return VideoMambaConfig(**values)
+
+
+def video(batch=2, frames=4, size=32, seed=0):
+    return torch.randn(batch, frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_base_model_output_shapes_and_pooler():
+    config = tiny_config()
+    model = VideoMambaModel(config).eval()
+    out = model(video(), output_hidden_states=True)
+    length = 1 + 4 * 4 * 4
+    assert out.last_hidden_state.shape == (2, length, 32)
+    assert torch.equal(out.pooler_output, out.last_hidden_state[:, 0])
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    assert all(h.shape == (2, length, 32) and h.dtype == torch.float32 for h in out.hidden_states)
+    # The final norm of the last stream is the output.
+    assert torch.allclose(model.norm_f(out.hidden_states[-1]), out.last_hidden_state)
+
+
+def test_return_dict_false_gives_tuples():
+    model = VideoMambaForVideoClassification(tiny_config()).eval()
+    x, labels = video(), torch.tensor([0, 2])
+    as_dict = model(x, labels=labels)
+    loss, logits = model(x, labels=labels, return_dict=False)
+    assert torch.equal(logits, as_dict.logits) and torch.equal(loss, as_dict.loss)
+    assert logits.shape == (2, 3)
+
+
+def test_samples_are_independent_of_their_batch():
+    model = VideoMambaForVideoClassification(tiny_config()).eval()
+    x = video(batch=3)
+    together = model(x).logits
+    alone = torch.cat([model(x[i : i + 1]).logits for i in range(3)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_classification_losses_follow_problem_type():
+    x = video()
+    single = VideoMambaForVideoClassification(tiny_config())
+    out = single(x, labels=torch.tensor([1, 2]))
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([1, 2])))
+    multi = VideoMambaForVideoClassification(tiny_config(problem_type="multi_label_classification"))
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    out = multi(x, labels=targets)
+    torch.testing.assert_close(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(out.logits, targets))
+    regression = VideoMambaForVideoClassification(tiny_config(num_labels=1))
+    out = regression(x, labels=torch.tensor([0.5, -1.0]))
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(), torch.tensor([0.5, -1.0])))
+
+
+def test_image_model_takes_images_and_has_no_temporal_embedding():
+    model = VideoMambaForImageClassification(tiny_config(num_labels=5)).eval()
+    assert model.config.modality == "image"
+    assert not hasattr(model.videomamba.embeddings, "temporal_position_embeddings")
+    assert model.videomamba.embeddings.patch_embeddings.projection.weight.dim() == 4
+    images = torch.randn(2, 3, 32, 32)
+    assert model(images).logits.shape == (2, 5)
+    with pytest.raises(ValueError, match=r"\(batch, channels, height, width\)"):
+        model(video())
+
+
+def test_size_mismatches_raise_naming_expected_and_received():
+    model = VideoMambaModel(tiny_config()).eval()
+    with pytest.raises(ValueError, match=r"6 frames but the model expects 4.*interpolate_pos_encoding"):
+        model(video(frames=6))
+    with pytest.raises(ValueError, match=r"48x48.*32x32"):
+        model(video(size=48))
+    with pytest.raises(ValueError, match="channels"):
+        model(torch.randn(1, 4, 1, 32, 32))
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        model(torch.randn(1, 4, 3, 36, 36), interpolate_pos_encoding=True)
+    with pytest.raises(ValueError, match=r"\(batch, frames, channels, height, width\)"):
+        model(torch.randn(4, 3, 32, 32))
+
+
+def test_interpolate_pos_encoding_runs_other_sizes_and_is_identity_at_the_trained_size():
+    model = VideoMambaModel(tiny_config()).eval()
+    x = video()
+    torch.testing.assert_close(model(x, interpolate_pos_encoding=True).last_hidden_state, model(x).last_hidden_state)
+    out = model(video(frames=8, size=48), interpolate_pos_encoding=True)
+    assert out.last_hidden_state.shape == (2, 1 + 8 * 6 * 6, 32)
+
+
+def test_interpolation_matches_the_original_recipe():
+    model = VideoMambaModel(tiny_config()).eval()
+    embeddings = model.embeddings
+    with torch.no_grad():
+        embeddings.temporal_position_embeddings.copy_(torch.arange(4.0).view(1, 4, 1).expand(1, 4, 32))
+    tokens, grid = embeddings(torch.zeros(1, 8, 3, 32, 32), interpolate_pos_encoding=True)
+    assert grid == (8, 4, 4)
+    zero_patch = embeddings.patch_embeddings.projection.bias  # the patch of an all-zero frame
+    position = embeddings.position_embeddings[0, 1:].reshape(4, 4, 32)
+    temporal = (tokens[0, 1:].reshape(8, 4, 4, 32) - zero_patch - position)[:, 0, 0, 0]
+    # Linear, align_corners=False: 4 -> 8 frames samples source positions (t + 0.5) / 2 - 0.5, clamped.
+    expected = torch.tensor([(t + 0.5) / 2 - 0.5 for t in range(8)]).clamp(0, 3)
+    torch.testing.assert_close(temporal, expected, atol=1e-5, rtol=0)
+    # cls keeps its position embedding and gets no temporal embedding.
+    torch.testing.assert_close(tokens[0, 0], (embeddings.cls_token + embeddings.position_embeddings[:, 0])[0, 0])
+
+
+def test_temporal_first_order_visits_each_position_through_time():
+    assert temporal_first_order(2, 1, 2).tolist() == [0, 1, 3, 2, 4]
+    assert sorted(temporal_first_order(3, 2, 2).tolist()) == list(range(13))
+
+
+def test_token_orders_change_the_scan_but_not_the_output_layout():
+    x = video()
+    outputs = {}
+    for order in ("spatial_first", "temporal_first", "hybrid"):
+        torch.manual_seed(0)
+        model = VideoMambaModel(tiny_config(token_order=order)).eval()
+        outputs[order] = model(x).last_hidden_state
+    assert not torch.allclose(outputs["spatial_first"], outputs["temporal_first"], atol=1e-4)
+    assert not torch.allclose(outputs["hybrid"], outputs["temporal_first"], atol=1e-4)
+    # With one frame, temporal-first is the same scan as spatial-first.
+    one_frame = video(frames=1)
+    results = []
+    for order in ("spatial_first", "temporal_first"):
+        torch.manual_seed(0)
+        model = VideoMambaModel(tiny_config(token_order=order, num_frames=1)).eval()
+        results.append(model(one_frame).last_hidden_state)
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = VideoMambaForVideoClassification(tiny_config(scan_implementation="reference"))
+    x, labels = video(), torch.tensor([0, 1])
+    model.train()
+    model(x, labels=labels).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.videomamba.layers[0].gradient_checkpointing
+    model(x, labels=labels).loss.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_keeps_the_residual_stream_in_fp32(dtype):
+    torch.manual_seed(0)
+    model = VideoMambaForVideoClassification(tiny_config()).eval()
+    reference = model(video(), output_hidden_states=True)
+    model = model.to(dtype)
+    out = model(video(), output_hidden_states=True)
+    assert out.logits.dtype == dtype
+    assert all(h.dtype == torch.float32 for h in out.hidden_states)
+    torch.testing.assert_close(out.logits.float(), reference.logits, atol=0.1, rtol=0.1)
+
+
+def test_from_pretrained_in_bf16_keeps_ssm_parameters_in_fp32(tmp_path):
+    VideoMambaForVideoClassification(tiny_config()).save_pretrained(tmp_path)
+    model = VideoMambaForVideoClassification.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    mixer = model.videomamba.layers[0].mixer
+    assert mixer.in_proj.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in (mixer.A_log, mixer.A_b_log, mixer.D, mixer.D_b)} == {torch.float32}
+    assert model(video().bfloat16()).logits.dtype == torch.bfloat16
+
+
+def test_residual_in_fp32_false_keeps_the_compute_dtype():
+    model = VideoMambaModel(tiny_config(residual_in_fp32=False)).to(torch.bfloat16).eval()
+    out = model(video(), output_hidden_states=True)
+    assert out.hidden_states[1].dtype == torch.bfloat16
+
+
+def test_layer_norm_variant():
+    model = VideoMambaModel(tiny_config(rms_norm=False)).eval()
+    assert model.norm_f.bias is not None
+    out = model(video()).last_hidden_state
+    torch.testing.assert_close(out.mean(-1), torch.zeros(out.shape[:2]), atol=1e-5, rtol=0)
+
+
+def test_original_initialisation():
+    torch.manual_seed(0)
+    config = tiny_config(num_hidden_layers=4)
+    model = VideoMambaForVideoClassification(config)
+    mixer = model.videomamba.layers[1].mixer
+    expected_a = torch.log(torch.arange(1, 17, dtype=torch.float32)).expand(config.intermediate_size, 16)
+    torch.testing.assert_close(mixer.A_log.data, expected_a)
+    torch.testing.assert_close(mixer.A_b_log.data, expected_a)
+    assert torch.all(mixer.D == 1) and torch.all(mixer.D_b == 1)
+    assert torch.all(mixer.dt_proj.bias == 0) and torch.all(mixer.dt_proj_b.bias == 0)
+    assert abs(mixer.x_proj.weight.std().item() - 0.02) < 0.005
+    # kaiming_uniform(a=sqrt 5) bound is 1/sqrt(fan_in), then / sqrt(depth).
+    bound = 1 / math.sqrt(config.intermediate_size) / math.sqrt(4)
+    assert mixer.out_proj.weight.abs().max() <= bound + 1e-6
+    assert mixer.out_proj.weight.abs().max() > 0.8 * bound
+    embeddings = model.videomamba.embeddings
+    assert torch.all(embeddings.cls_token == 0) and torch.all(embeddings.temporal_position_embeddings == 0)
+    assert abs(embeddings.position_embeddings.std().item() - 0.02) < 0.005
+    assert torch.all(model.classifier.bias == 0)
+
+
+def test_mamba_time_step_init_puts_softplus_of_bias_in_range():
+    config = tiny_config(dt_init="mamba", time_step_min=0.001, time_step_max=0.1)
+    mixer = VideoMambaModel(config).layers[0].mixer
+    for bias in (mixer.dt_proj.bias, mixer.dt_proj_b.bias):
+        dt = torch.nn.functional.softplus(bias)
+        assert dt.min() >= 0.001 - 1e-6 and dt.max() <= 0.1 + 1e-6
+
+
+def test_drop_path_is_stochastic_in_training_only():
+    model = VideoMambaModel(tiny_config(drop_path_rate=0.5))
+    assert model.layers[0].drop_path.drop_prob == 0.0 and model.layers[-1].drop_path.drop_prob == 0.5
+    x = video()
+    model.train()
+    torch.manual_seed(1)
+    first = model(x).last_hidden_state
+    torch.manual_seed(2)
+    second = model(x).last_hidden_state
+    assert not torch.allclose(first, second)
+    model.eval()
+    torch.testing.assert_close(model(x).last_hidden_state, model(x).last_hidden_state)

@@ -1,0 +1,212 @@
+"""PyAV reading (processors/video_decoding.py) on real encoded files, and the frame samplers."""
+
+import io
+import os
+
+import av
+import numpy as np
+import pytest
+from video_fixtures import FORMATS, frame_index_of
+
+from modeling_videomamba.processors import video_decoding
+from modeling_videomamba.processors.video_decoding import (
+    VideoDecodingError,
+    VideoDecodingWarning,
+    read_video,
+    sample_frame_indices,
+    segment_indices,
+    stride_indices,
+)
+
+
+def _plain_decode(path, wanted=None):
+    """Independent reference: decode every packet in order with PyAV (skipping packets that fail to decode);
+    keep the frames at `wanted` indices."""
+    frames = []
+    with av.open(os.fspath(path)) as container:
+        for packet in container.demux(video=0):
+            try:
+                frames.extend(frame.to_ndarray(format="rgb24") for frame in packet.decode())
+            except av.InvalidDataError:
+                pass
+    return frames if wanted is None else np.stack([frames[i] for i in wanted])
+
+
+# ---- samplers -------------------------------------------------------------------------------------------
+
+
+def test_segment_eval_takes_the_middle_frame_of_each_segment():
+    # 20 frames in 4 segments of 5: middles at 2.5, 7.5, 12.5, 17.5.
+    assert segment_indices(20, 4).tolist() == [[2, 7, 12, 17]]
+    # 10 frames in 4 segments of 2.5: middles at 1.25, 3.75, 6.25, 8.75.
+    assert segment_indices(10, 4).tolist() == [[1, 3, 6, 8]]
+
+
+def test_segment_clips_spread_inside_each_segment():
+    clips = segment_indices(40, 4, num_clips=4)  # segments of 10; clip k at 10 * (k + 0.5) / 4
+    assert clips[:, 0].tolist() == [1, 3, 6, 8]
+    assert (clips[:, 1:] - clips[:, :1] == np.arange(1, 4) * 10).all()
+
+
+def test_segment_training_draws_one_random_frame_per_segment():
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([segment_indices(40, 4, training=True, rng=rng) for _ in range(300)])
+    segment_of = draws // 10
+    assert (segment_of == np.arange(4)).all()  # each index stays in its own segment
+    assert all(len(set(draws[:, i])) == 10 for i in range(4))  # every frame of a segment gets drawn
+    again = segment_indices(40, 4, training=True, rng=np.random.default_rng(5))
+    assert (again == segment_indices(40, 4, training=True, rng=np.random.default_rng(5))).all()
+
+
+def test_short_videos_repeat_frames():
+    assert segment_indices(2, 4).tolist() == [[0, 0, 1, 1]]
+    assert segment_indices(1, 3).tolist() == [[0, 0, 0]]
+    assert stride_indices(5, 4, 4).tolist() == [[0, 4, 4, 4]]
+
+
+def test_stride_sampling_as_videomae():
+    # span of 4 frames at stride 4 is 13; 100 frames leave starts 0..87; one eval clip is centred.
+    assert stride_indices(100, 4, 4).tolist() == [[43, 47, 51, 55]]
+    assert stride_indices(100, 4, 4, num_clips=2)[:, 0].tolist() == [0, 87]
+    rng = np.random.default_rng(1)
+    starts = {int(stride_indices(100, 4, 4, training=True, rng=rng)[0, 0]) for _ in range(400)}
+    assert min(starts) >= 0 and max(starts) <= 87 and len(starts) > 50
+    assert sample_frame_indices(100, 4, sampling="stride", stride=4).tolist() == [[43, 47, 51, 55]]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: segment_indices(0, 4),
+        lambda: segment_indices(10, 0),
+        lambda: stride_indices(10, 4, 0),
+        lambda: sample_frame_indices(10, 4, sampling="dense"),
+    ],
+)
+def test_sampler_arguments_are_checked(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+# ---- reading --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_every_container_reads_the_sampled_frames(videos, fmt):
+    frames, info = read_video(videos[fmt], lambda n: segment_indices(n, 4))
+    assert info.num_frames == 20 and info.fps == pytest.approx(10.0)
+    assert frames.shape == (1, 4, 48, 64, 3) and frames.dtype == np.uint8
+    assert [frame_index_of(f) for f in frames[0]] == [2, 7, 12, 17]
+    everything, info_all = read_video(videos[fmt])
+    assert everything.shape == (20, 48, 64, 3) and info_all.frame_indices.tolist() == list(range(20))
+    assert [frame_index_of(f) for f in everything] == list(range(20))
+
+
+@pytest.mark.parametrize("name", ["long", "long_mkv"])
+def test_seeking_decodes_only_what_is_needed_and_matches_sequential_decoding(videos, name, monkeypatch):
+    decoded = []
+    original = video_decoding._decoded_frames
+
+    def counting(container, stream, errors):
+        for frame in original(container, stream, errors):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(video_decoding, "_decoded_frames", counting)
+    frames, info = read_video(videos[name], lambda n: segment_indices(n, 4))
+    assert info.frame_indices.tolist() == [[30, 90, 150, 210]]
+    # A keyframe every 12 frames: at most 12 frames decoded per target instead of 211 sequentially.
+    assert len(decoded) <= 4 * 12
+    assert (frames[0] == _plain_decode(videos[name], [30, 90, 150, 210])).all()
+
+
+def test_real_world_clip_matches_plain_pyav_decoding(real_clip):
+    frames, info = read_video(real_clip, lambda n: segment_indices(n, 8))
+    reference = _plain_decode(real_clip)
+    assert info.num_frames == len(reference) == 132
+    assert frames.shape == (1, 8, 720, 1280, 3)
+    assert (frames[0] == np.stack([reference[i] for i in info.frame_indices[0]])).all()
+
+
+def test_bytes_and_file_objects_read_like_paths(videos):
+    path = videos["webm"]
+    expected, _ = read_video(path, lambda n: segment_indices(n, 3))
+    from_bytes, info = read_video(path.read_bytes(), lambda n: segment_indices(n, 3))
+    assert info.source.startswith("<") and (from_bytes == expected).all()
+    with open(path, "rb") as file:
+        assert (read_video(file, lambda n: segment_indices(n, 3))[0] == expected).all()
+
+    class Unseekable(io.RawIOBase):
+        def __init__(self, data):
+            self._data = io.BytesIO(data)
+
+        def readable(self):
+            return True
+
+        def seekable(self):
+            return False
+
+        def readinto(self, buffer):
+            return self._data.readinto(buffer)
+
+    assert (read_video(Unseekable(path.read_bytes()), lambda n: segment_indices(n, 3))[0] == expected).all()
+
+
+def test_portrait_video_keeps_its_shape(videos):
+    frames, info = read_video(videos["tall"])
+    assert frames.shape == (9, 64, 40, 3) and (info.height, info.width) == (64, 40)
+
+
+def test_wrong_frame_count_in_metadata_is_ignored_with_a_warning(broken_videos):
+    path = broken_videos["wrong_count_avi"]
+    with av.open(os.fspath(path)) as container:
+        assert container.streams.video[0].frames == 1000  # the header really lies
+    with pytest.warns(VideoDecodingWarning, match="1000"):
+        frames, info = read_video(path, lambda n: segment_indices(n, 4))
+    assert info.num_frames == 12
+    assert [frame_index_of(f) for f in frames[0]] == [1, 4, 7, 10]
+
+
+@pytest.mark.parametrize("kind", ["truncated_mkv", "corrupt_mkv"])
+def test_damaged_files_keep_the_frames_that_decode(broken_videos, kind):
+    path = broken_videos[kind]
+    reference = _plain_decode(path)
+    assert 0 < len(reference) < 240
+    with pytest.warns(VideoDecodingWarning, match="truncated or damaged"):
+        frames, info = read_video(path, lambda n: segment_indices(n, 4))
+    assert info.num_frames == len(reference)
+    assert (frames[0] == np.stack([reference[i] for i in info.frame_indices[0]])).all()
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("empty", "empty"),
+        ("garbage", "Could not open"),
+        ("truncated_header", "Could not open"),
+        ("audio_only", "no video stream"),
+        ("undecodable", "No frame"),
+    ],
+)
+def test_unreadable_files_raise_a_clear_error_naming_the_file(broken_videos, kind, message):
+    path = broken_videos[kind]
+    with pytest.raises(VideoDecodingError, match=message) as error:
+        read_video(path, lambda n: segment_indices(n, 4))
+    assert path.name in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_missing_files_and_bad_sources_raise(broken_videos, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        read_video(broken_videos["missing"])
+    with pytest.raises(IsADirectoryError):
+        read_video(tmp_path)
+    with pytest.raises(VideoDecodingError, match="empty"):
+        read_video(b"")
+    with pytest.raises(VideoDecodingError, match="int"):
+        read_video(42)
+
+
+def test_sampler_indices_out_of_range_are_rejected(videos):
+    with pytest.raises(ValueError, match=r"outside \[0, 20\)"):
+        read_video(videos["mp4"], lambda n: np.array([0, n]))

@@ -1,0 +1,267 @@
+"""VideoMambaVideoProcessor / VideoMambaProcessor: inputs, sampling, transforms, views, save/load, datasets."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG
+from PIL import Image
+from video_fixtures import frame_index_of, frame_level, make_frames
+from transformers import AutoProcessor
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
+from modeling_videomamba import (
+    VideoMambaConfig,
+    VideoMambaForVideoClassification,
+    VideoMambaProcessor,
+    VideoMambaVideoProcessor,
+    multi_view_predict,
+    read_video,
+)
+from modeling_videomamba.processors.video_decoding import segment_indices
+from modeling_videomamba.processors.video_transforms import IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box
+
+MEAN, STD = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+
+
+@pytest.fixture
+def processor():
+    return VideoMambaVideoProcessor(num_frames=4, size=32, crop_size=32)
+
+
+def _red_indices(pixel_values):
+    """Frame indices of processed flat-colour test frames (B, T, 3, H, W), read off the red channel."""
+    red = pixel_values[..., 0, :, :].mean((-1, -2)).numpy() * STD[0] + MEAN[0]
+    return np.rint((red * 255 - 16) / 9).astype(int).tolist()
+
+
+def _pil_reference(frames, shortest_edge, crop):
+    """Independent reference of the evaluation transform with PIL: bilinear resize of the shorter side,
+    centre crop, 1/255, ImageNet normalisation; (T, 3, crop, crop)."""
+    out = []
+    for frame in frames:
+        image = Image.fromarray(frame)
+        width, height = image.size
+        scale = shortest_edge / min(width, height)
+        image = image.resize((int(width * scale) if width > height else shortest_edge,
+                              int(height * scale) if height > width else shortest_edge), Image.BILINEAR)
+        width, height = image.size
+        left, top = (width - crop) // 2, (height - crop) // 2
+        array = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.float64) / 255
+        out.append(((array - MEAN) / STD).transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def test_file_input_gives_normalised_pixel_values_of_the_sampled_frames(processor, videos):
+    inputs = processor(videos["mp4"], return_tensors="pt")
+    pixel_values = inputs["pixel_values"]
+    assert pixel_values.shape == (1, 4, 3, 32, 32) and pixel_values.dtype == torch.float32
+    assert _red_indices(pixel_values) == [[2, 7, 12, 17]]  # middle frames of 4 segments of 20
+    green = pixel_values[0, :, 1].mean().item()
+    assert green == pytest.approx((128 / 255 - MEAN[1]) / STD[1], abs=0.05)
+    assert set(inputs.keys()) == {"pixel_values"}
+
+
+def test_transform_matches_a_pil_reference(processor):
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (4, 45, 60, 3), dtype=np.uint8)
+    # Smooth the noise a little so that resampling differences between libraries stay small.
+    video = ((video.astype(np.float32) + np.roll(video, 1, 1) + np.roll(video, 1, 2)) / 3).astype(np.uint8)
+    ours = processor(video, do_sample_frames=False)["pixel_values"][0].numpy()
+    reference = _pil_reference(video, 32, 32)
+    assert ours.shape == reference.shape == (4, 3, 32, 32)
+    # PIL rounds to uint8 after resizing; one level is 1 / 255 / 0.224 ~ 0.018 after normalisation.
+    assert np.abs(ours - reference).mean() < 0.02 and np.abs(ours - reference).max() < 0.2
+
+
+def test_every_input_type_gives_the_same_pixels(processor, videos):
+    frames = make_frames(20)
+    expected = processor(frames)["pixel_values"]
+    variants = [
+        torch.from_numpy(frames),
+        frames.transpose(0, 3, 1, 2),  # (T, C, H, W)
+        list(frames),
+        [Image.fromarray(frame) for frame in frames],
+        frames[None],  # a 5-D batch of one
+    ]
+    for variant in variants:
+        assert torch.equal(processor(variant)["pixel_values"], expected)
+    decoded, _ = read_video(videos["mkv"])
+    from_file = processor(videos["mkv"])["pixel_values"]
+    assert torch.equal(from_file, processor(decoded)["pixel_values"])
+    assert torch.equal(processor(videos["mkv"].read_bytes())["pixel_values"], from_file)
+    with open(videos["mkv"], "rb") as file:
+        assert torch.equal(processor(file)["pixel_values"], from_file)
+    grey = processor(frames[..., :1])["pixel_values"]  # 1 channel -> RGB
+    assert torch.allclose(grey[:, :, 0], grey[:, :, 2] * STD[2] / STD[0] + (MEAN[2] - MEAN[0]) / STD[0], atol=1e-5)
+
+
+def test_batches_of_different_lengths_sizes_and_kinds(processor, videos):
+    batch = [videos["mp4"], videos["tall"], make_frames(3, 40, 30), videos["gif"]]
+    pixel_values = processor(batch)["pixel_values"]
+    assert pixel_values.shape == (4, 4, 3, 32, 32)
+    # 9 frames in 4 segments: 1.125, 3.375, 5.625, 7.875; 3 frames repeat: 0.375, 1.125, 1.875, 2.625.
+    assert _red_indices(pixel_values) == [[2, 7, 12, 17], [1, 3, 5, 7], [0, 1, 1, 2], [2, 7, 12, 17]]
+
+
+def test_call_options_override_the_config(processor, videos):
+    assert processor(videos["mp4"], num_frames=5)["pixel_values"].shape == (1, 5, 3, 32, 32)
+    strided = processor(videos["mp4"], sampling="stride", frame_stride=2)["pixel_values"]
+    assert _red_indices(strided) == [[6, 8, 10, 12]]  # span 7 in 20 frames: start 13 // 2 = 6
+    whole = processor(make_frames(7), do_sample_frames=False)["pixel_values"]
+    assert _red_indices(whole) == [list(range(7))]
+    bigger = processor(videos["mp4"], size=48, crop_size={"height": 40, "width": 48})["pixel_values"]
+    assert bigger.shape == (1, 4, 3, 40, 48)
+    raw = processor(make_frames(4), do_normalize=False, do_rescale=False)["pixel_values"]
+    assert raw[0, :, 0].mean((-1, -2)).tolist() == pytest.approx([frame_level(i) for i in range(4)], abs=1e-3)
+    as_numpy = processor(videos["mp4"], return_tensors="np")["pixel_values"]
+    assert isinstance(as_numpy, np.ndarray) and as_numpy.shape == (1, 4, 3, 32, 32)
+
+
+def test_training_is_random_reproducible_and_augments(processor, videos):
+    first = processor(videos["long"], training=True, generator=3)["pixel_values"]
+    assert torch.equal(first, processor(videos["long"], training=True, generator=3)["pixel_values"])
+    runs = [processor(videos["long"], training=True, generator=seed)["pixel_values"] for seed in range(8)]
+    assert len({tuple(map(tuple, _red_indices(run))) for run in runs}) > 1  # sampled frames differ
+    # A horizontal ramp: flipped clips have their bright side on the left.
+    ramp = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None], (8, 48, 1, 3))
+    slopes = [
+        np.sign(processor(ramp, training=True, generator=seed)["pixel_values"][0, 0, 0].mean(0).diff().sum().item())
+        for seed in range(12)
+    ]
+    assert {-1.0, 1.0} <= set(slopes)
+    no_flip = {np.sign(processor(ramp, training=True, train_flip=False, generator=s)["pixel_values"][0, 0, 0].mean(0).diff().sum().item()) for s in range(12)}
+    assert no_flip == {1.0}
+
+
+def test_random_resized_crop_boxes_respect_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, height, width = random_resized_crop_box(60, 80, (0.2, 0.6), (0.75, 1.3334), rng)
+        assert 0 <= top and top + height <= 60 and 0 <= left and left + width <= 80
+        assert 0.18 <= height * width / 4800 <= 0.62 and 0.7 <= width / height <= 1.4
+
+
+def test_multi_view_clips_and_crops(processor, videos):
+    ramp = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None], (20, 32, 1, 3))
+    inputs = processor([ramp, ramp], num_temporal_clips=2, num_spatial_crops=3)
+    assert inputs["num_views"] == 6 and inputs["pixel_values"].shape == (12, 4, 3, 32, 32)
+    means = inputs["pixel_values"][:6, 0, 0].mean((-1, -2)).tolist()
+    assert means[0] < means[1] < means[2] and means[3:] == means[:3]  # left, centre, right crops
+    clips = processor(videos["mp4"], num_temporal_clips=2)
+    # 4 segments of 5: clip 0 at 1.25 into each segment, clip 1 at 3.75.
+    assert _red_indices(clips["pixel_values"]) == [[1, 6, 11, 16], [3, 8, 13, 18]]
+    tall = processor(videos["tall"], num_spatial_crops=3)["pixel_values"]
+    assert tall.shape == (3, 4, 3, 32, 32)
+
+
+def test_multi_view_predict_averages_over_the_views_of_each_video(processor, videos):
+    torch.manual_seed(0)
+    model = VideoMambaForVideoClassification(VideoMambaConfig(**TINY_CONFIG)).eval()
+    inputs = processor([videos["mp4"], videos["webm"]], num_temporal_clips=2, num_spatial_crops=3)
+    probs = multi_view_predict(model, inputs["pixel_values"], inputs["num_views"], chunk_size=5)
+    with torch.no_grad():
+        per_view = [model(pixel_values=row[None]).logits[0] for row in inputs["pixel_values"]]
+    expected = torch.stack(per_view).softmax(-1).view(2, 6, 3).mean(1)
+    assert probs.shape == (2, 3) and torch.allclose(probs, expected, atol=1e-5)
+    logits = multi_view_predict(model, inputs["pixel_values"], 6, average="logits")
+    assert torch.allclose(logits, torch.stack(per_view).view(2, 6, 3).mean(1), atol=1e-5)
+    with pytest.raises(ValueError, match="num_views=5"):
+        multi_view_predict(model, inputs["pixel_values"], 5)
+
+
+@pytest.mark.parametrize(
+    "videos_arg, kwargs, message",
+    [
+        (make_frames(4), {"nonsense": 1}, "Unexpected arguments"),
+        (make_frames(4), {"return_tensors": "tf"}, "return_tensors"),
+        (make_frames(4), {"sampling": "dense"}, "sampling"),
+        (make_frames(4), {"num_spatial_crops": 2}, "num_spatial_crops"),
+        (make_frames(4), {"num_frames": 0}, "num_frames"),
+        (make_frames(4), {"training": True, "num_temporal_clips": 2}, "evaluation"),
+        ([], {}, "empty"),
+        (np.zeros((4, 5)), {}, "shape"),
+        (np.zeros((4, 8, 8, 7)), {}, "channel"),
+        ([make_frames(4), make_frames(2, 20, 20)], {"do_sample_frames": False}, "different shapes"),
+        ("https://example.com/v.mp4", {}, "Download"),
+        (make_frames(4, 16, 16), {"do_resize": False}, "Cannot crop"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(processor, videos_arg, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        processor(videos_arg, **kwargs)
+
+
+def test_save_load_and_auto_classes(tmp_path, videos):
+    config = VideoMambaConfig(**TINY_CONFIG)
+    processor = VideoMambaVideoProcessor.from_model_config(config, sampling="stride", num_spatial_crops=3)
+    assert (processor.num_frames, processor.size, processor.crop_size) == (4, {"shortest_edge": 32}, {"height": 32, "width": 32})
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "video_preprocessor_config.json").read_text())
+    assert saved["num_frames"] == 4 and saved["video_processor_type"] == "VideoMambaVideoProcessor"
+    assert saved["auto_map"]["AutoVideoProcessor"] == "video_processing_videomamba.VideoMambaVideoProcessor"
+    assert (tmp_path / "video_processing_videomamba.py").exists() and (tmp_path / "video_decoding.py").exists()
+    loaded = VideoMambaVideoProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.to_dict()
+    assert VideoMambaVideoProcessor.from_pretrained(tmp_path, num_frames=6).num_frames == 6
+    config.save_pretrained(tmp_path)
+    auto = AutoVideoProcessor.from_pretrained(tmp_path)
+    assert type(auto) is VideoMambaVideoProcessor and auto.sampling == "stride"
+    assert torch.equal(auto(videos["mp4"])["pixel_values"], processor(videos["mp4"])["pixel_values"])
+
+
+def test_processor_wraps_the_video_processor(tmp_path, videos):
+    config = VideoMambaConfig(**TINY_CONFIG)
+    config.save_pretrained(tmp_path)
+    processor = VideoMambaProcessor(VideoMambaVideoProcessor.from_model_config(config, frame_stride=2))
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is VideoMambaProcessor and loaded.video_processor.frame_stride == 2
+    expected = processor.video_processor(videos["mp4"])["pixel_values"]
+    assert torch.equal(loaded(videos=videos["mp4"])["pixel_values"], expected)
+    assert loaded.model_input_names == ["pixel_values"]
+    with pytest.raises(ValueError, match="videos"):
+        processor()
+    with pytest.raises(TypeError, match="VideoProcessorMixin"):
+        VideoMambaProcessor(video_processor="not a processor")
+
+
+def test_datasets_videofolder_rows_go_through_the_processor(tmp_path, videos):
+    from datasets import Video, load_dataset
+
+    from modeling_videomamba import dataset_video_transform
+
+    for label, name in (("run", "mp4"), ("walk", "mov"), ("walk", "mkv")):  # videofolder lists no webm
+        (tmp_path / "data" / label).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / label / videos[name].name).write_bytes(videos[name].read_bytes())
+    dataset = load_dataset("videofolder", data_dir=str(tmp_path / "data"), split="train", cache_dir=str(tmp_path / "cache"))
+    dataset = dataset.cast_column("video", Video(decode=False))
+    processor = VideoMambaVideoProcessor(num_frames=4, size=32, crop_size=32)
+    batch = dataset.with_transform(dataset_video_transform(processor))[:3]
+    assert batch["pixel_values"].shape == (3, 4, 3, 32, 32)
+    assert sorted(batch["labels"].tolist()) == [0, 1, 1]
+    assert _red_indices(batch["pixel_values"]) == [[2, 7, 12, 17]] * 3
+    row = dataset.with_transform(dataset_video_transform(processor, training=True))[0]
+    assert row["pixel_values"].shape == (4, 3, 32, 32)  # one row: (T, C, H, W)
+    in_memory = dataset_video_transform(processor)({"video": [{"bytes": videos["mp4"].read_bytes(), "path": None}]})
+    assert torch.equal(in_memory["pixel_values"], processor(videos["mp4"])["pixel_values"])
+    with pytest.raises(ValueError, match="one row per video"):
+        dataset_video_transform(processor, num_temporal_clips=4)
+
+
+def test_nothing_imports_torchvision(videos):
+    code = (
+        "import sys, modeling_videomamba as m\n"
+        f"m.VideoMambaVideoProcessor(num_frames=2, size=16, crop_size=16)({str(videos['mp4'])!r})\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_frame_fixture_is_self_consistent():
+    assert [frame_index_of(frame) for frame in make_frames(25)] == list(range(25))
+    assert segment_indices(25, 5).tolist() == [[2, 7, 12, 17, 22]]
