@@ -13,20 +13,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import TrainingArguments
+from transformers import TrainingArguments, pipeline
 
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import VideoMambaForVideoClassification
+from .processors import VideoMambaVideoProcessor
 from .synthetic_data import CLASS_NAMES, generate_dataset
-from .training_utils import (
-    ClipTransform,
-    VideoClipDataset,
-    VideoMambaTrainer,
-    collate_clips,
-    compute_metrics,
-    load_clip,
-    scan_video_folder,
-)
+from .training_utils import VideoClipDataset, VideoMambaTrainer, collate_clips, compute_metrics, scan_video_folder
 
 DEMO_CONFIG = dict(
     image_size=32, patch_size=8, num_frames=8, hidden_size=64, num_hidden_layers=2, dt_init="mamba"
@@ -77,9 +70,10 @@ def main(argv=None):
     id2label = {i: name for name, i in label2id.items()}
 
     config = VideoMambaConfig(**DEMO_CONFIG, num_labels=len(label2id), id2label=id2label, label2id=label2id)
-    transform = ClipTransform(image_size=config.image_size, scale=(0.5, 1.0))  # no flip: it swaps left/right
-    train_set = VideoClipDataset(train_samples, config.num_frames, True, transform, cache=True)
-    eval_set = VideoClipDataset(eval_samples, config.num_frames, False, transform, cache=True)
+    # No flips: a mirrored "moving left" clip is a "moving right" one.
+    processor = VideoMambaVideoProcessor.from_model_config(config, train_crop_scale=(0.5, 1.0), train_flip=False)
+    train_set = VideoClipDataset(train_samples, processor, train=True, cache=True)
+    eval_set = VideoClipDataset(eval_samples, processor, train=False, cache=True)
 
     torch.manual_seed(args.seed)
     model = VideoMambaForVideoClassification(config)
@@ -102,13 +96,13 @@ def main(argv=None):
     )
     trainer = VideoMambaTrainer(
         model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
-        data_collator=collate_clips, compute_metrics=compute_metrics,
+        data_collator=collate_clips, compute_metrics=compute_metrics, processing_class=processor,
     )
     trainer.train()
     metrics = trainer.evaluate()
     trainer.save_model()
 
-    baseline = frame_average_baseline(VideoClipDataset(train_samples, config.num_frames, False, transform, cache=False), eval_set, len(label2id))
+    baseline = frame_average_baseline(VideoClipDataset(train_samples, processor, train=False, cache=True), eval_set, len(label2id))
     elapsed = time.time() - start
     print()
     print(f"| model                        | held-out accuracy ({len(eval_set)} clips) |")
@@ -117,11 +111,10 @@ def main(argv=None):
     print(f"| chance                       | {1 / len(label2id):.3f} |")
     print(f"total time {elapsed:.0f} s")
 
+    classifier = pipeline("video-classification", model=training_args.output_dir)
     path, label = eval_samples[0]
-    model.eval()
-    with torch.no_grad():
-        logits = model(load_clip(path, config.num_frames, False, transform)[None]).logits[0]
-    print(f"{path}: predicted {id2label[int(logits.argmax())]} (true {id2label[label]})")
+    top = classifier(path, top_k=2)
+    print(f"pipeline on {path} (true class {id2label[label]}): {top}")
     return {"eval_accuracy": metrics["eval_accuracy"], "baseline_accuracy": baseline, "seconds": elapsed}
 
 

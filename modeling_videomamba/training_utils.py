@@ -1,9 +1,6 @@
-"""Training helpers shared by the Trainer scripts and the demo: clip loading, video-folder datasets,
-batch collation with mixup / cutmix / label smoothing, top-k metrics and a Trainer that scales soft-label
-losses correctly under gradient accumulation.
-
-All clip decoding and augmentation goes through `load_clip`, the single place to switch to the video
-processor.
+"""Training helpers shared by the Trainer scripts and the demo: video-folder datasets (decoded and
+augmented by `VideoMambaVideoProcessor`), mixup / cutmix / label smoothing, top-k metrics and a Trainer
+that scales soft-label losses correctly under gradient accumulation.
 """
 
 import math
@@ -11,103 +8,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
-# The original VideoMamba recipes normalise with ImageNet statistics.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .processors import multi_view_predict, read_video
 
-
-# ----------------------------------------------------------------------------------------------------
-# Clips
-# ----------------------------------------------------------------------------------------------------
-
-
-def decode_frames(path) -> np.ndarray:
-    """All frames of a video file as uint8 (N, H, W, 3). Raises OSError for unreadable files."""
-    try:
-        with av.open(str(path)) as container:
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    except (av.error.FFmpegError, IndexError) as error:
-        raise OSError(f"Could not decode video {path}: {error}") from error
-    if not frames:
-        raise OSError(f"Video {path} has no frames.")
-    return np.stack(frames)
-
-
-def sample_segment_indices(total: int, num_frames: int, train: bool, generator: random.Random = None) -> list:
-    """TSN-style segment sampling: one frame per equal segment, random inside it when training, else its middle."""
-    generator = generator or random
-    edges = np.linspace(0, total, num_frames + 1)
-    indices = []
-    for start, end in zip(edges[:-1], edges[1:]):
-        if train:
-            index = int(start + generator.random() * (end - start))
-        else:
-            index = int((start + end) / 2)
-        indices.append(min(index, total - 1))
-    return indices
-
-
-@dataclass
-class ClipTransform:
-    """Frame sampling, spatial augmentation and normalisation of one clip (the original recipe's).
-
-    Training: segment sampling with a random frame per segment, a random resized crop (area `scale`, aspect
-    `ratio`) and an optional horizontal flip. Evaluation: middle frames, shorter side resized and centre
-    crop. Output (T, C, image_size, image_size) float, normalised with `mean` / `std`.
-    """
-
-    image_size: int = 224
-    scale: tuple = (0.35, 1.0)
-    ratio: tuple = (3 / 4, 4 / 3)
-    horizontal_flip: bool = False
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
-
-    def _random_crop_box(self, height: int, width: int, generator) -> tuple:
-        area = height * width
-        for _ in range(10):
-            target = area * generator.uniform(*self.scale)
-            aspect = math.exp(generator.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
-            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-            if 0 < w <= width and 0 < h <= height:
-                return generator.randint(0, height - h), generator.randint(0, width - w), h, w
-        side = min(height, width)
-        return (height - side) // 2, (width - side) // 2, side, side
-
-    def __call__(self, frames: np.ndarray, num_frames: int, train: bool, generator: random.Random = None) -> torch.Tensor:
-        """uint8 frames (N, H, W, 3) -> float (num_frames, 3, image_size, image_size)."""
-        generator = generator or random
-        clip = torch.from_numpy(frames[sample_segment_indices(len(frames), num_frames, train, generator)])
-        clip = clip.permute(0, 3, 1, 2).float() / 255.0  # (T, C, H, W)
-        height, width = clip.shape[-2:]
-        if train:
-            top, left, h, w = self._random_crop_box(height, width, generator)
-            clip = clip[..., top : top + h, left : left + w]
-            size = (self.image_size, self.image_size)
-        else:
-            short = min(height, width)
-            size = (round(height * self.image_size / short), round(width * self.image_size / short))
-        clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
-        if not train:
-            top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
-            clip = clip[..., top : top + self.image_size, left : left + self.image_size]
-        if train and self.horizontal_flip and generator.random() < 0.5:
-            clip = clip.flip(-1)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (clip - mean) / std
-
-
-def load_clip(path, num_frames: int, train: bool, transform: ClipTransform = None) -> torch.Tensor:
-    """Decode `path` and return (num_frames, 3, H, W) float: THE data path of the scripts and the demo."""
-    return (transform or ClipTransform())(decode_frames(path), num_frames, train)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".gif")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -139,38 +47,31 @@ def scan_video_folder(root, label2id: dict = None) -> tuple:
 
 
 class VideoClipDataset(torch.utils.data.Dataset):
-    """(path, label) pairs -> {"pixel_values": (T, C, H, W), "labels": int}, decoded on access.
+    """(path, label) pairs -> {"pixel_values": (T, C, H, W), "labels": int}, through a video processor.
 
-    `num_views > 1` (evaluation only) returns (num_views, T, C, H, W): temporally shifted clips whose
-    logits the caller averages (multi-view testing).
+    `train=True` draws the processor's training sampling and augmentation (seeded from torch's RNG, so
+    `set_seed` and dataloader worker seeding govern it). A processor with several evaluation views
+    (`num_temporal_clips` / `num_spatial_crops`) gives (views, T, C, H, W) per clip, which
+    `VideoMambaTrainer` scores by averaging. `cache=True` keeps every decoded video in memory.
     """
 
-    def __init__(self, samples, num_frames: int, train: bool, transform: ClipTransform, num_views: int = 1, cache: bool = False):
-        self.samples, self.num_frames, self.train = list(samples), num_frames, train
-        self.transform, self.num_views = transform, num_views
+    def __init__(self, samples, processor, train: bool, cache: bool = False):
+        self.samples, self.processor, self.train = list(samples), processor, train
         self._cache = {} if cache else None
 
     def __len__(self):
         return len(self.samples)
 
-    def _frames(self, path):
-        if self._cache is None:
-            return decode_frames(path)
-        if path not in self._cache:
-            self._cache[path] = decode_frames(path)
-        return self._cache[path]
-
     def __getitem__(self, index):
         path, label = self.samples[index]
-        frames = self._frames(path)
-        if self.num_views == 1:
-            pixel_values = self.transform(frames, self.num_frames, self.train)
-        else:
-            # Each view starts its segments at a different offset inside the first segment.
-            step = max(len(frames) // (self.num_frames * self.num_views), 1)
-            views = [self.transform(frames[v * step :] if v * step < len(frames) else frames, self.num_frames, False) for v in range(self.num_views)]
-            pixel_values = torch.stack(views)
-        return {"pixel_values": pixel_values, "labels": label}
+        video = path
+        if self._cache is not None:
+            if path not in self._cache:
+                self._cache[path] = read_video(path)[0]
+            video = self._cache[path]
+        seed = int(torch.randint(0, 2**31 - 1, ())) if self.train else None
+        pixel_values = self.processor(video, training=self.train, generator=seed)["pixel_values"]
+        return {"pixel_values": pixel_values[0] if len(pixel_values) == 1 else pixel_values, "labels": label}
 
 
 def collate_clips(examples: list) -> dict:
@@ -301,12 +202,11 @@ class VideoMambaTrainer(Trainer):
         return loss, outputs
 
     def _multi_view_loss(self, model, inputs):
-        """(B, V, T, C, H, W) views (evaluation): logits averaged over the views, cross entropy on the average."""
+        """(B, V, T, C, H, W) views (evaluation): probabilities averaged over the views; returns their log as logits."""
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
-        batch, views = pixel_values.shape[:2]
-        outputs = model(pixel_values=pixel_values.flatten(0, 1))
-        logits = outputs["logits"].view(batch, views, -1).mean(1)
-        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        probs = multi_view_predict(model, pixel_values.flatten(0, 1), pixel_values.shape[1], average="probs")
+        logits = probs.clamp_min(1e-12).log()
+        loss = None if labels is None else F.nll_loss(logits, labels)
         return loss, {"loss": loss, "logits": logits}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -366,17 +266,13 @@ def load_samples(data_dir=None, dataset_name=None, split="train", label2id=None,
 
 
 __all__ = [
-    "ClipTransform",
     "MixupCutmix",
     "VideoClipDataset",
     "VideoMambaTrainer",
     "collate_clips",
     "compute_metrics",
-    "decode_frames",
-    "load_clip",
     "load_samples",
     "parse_config_overrides",
-    "sample_segment_indices",
     "scan_video_folder",
     "soft_target_cross_entropy",
     "topk_accuracy",

@@ -23,10 +23,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling_videomamba import VideoMambaConfig, VideoMambaForPreTraining  # noqa: E402
+from modeling_videomamba import VideoMambaConfig, VideoMambaForPreTraining, VideoMambaVideoProcessor  # noqa: E402
 from modeling_videomamba.masking import MASK_TYPES  # noqa: E402
 from modeling_videomamba.pretraining import VideoMambaPreTrainingTrainer  # noqa: E402
-from modeling_videomamba.training_utils import ClipTransform, VideoClipDataset, collate_clips, load_samples, parse_config_overrides  # noqa: E402
+from modeling_videomamba.training_utils import VideoClipDataset, collate_clips, load_samples, parse_config_overrides  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +103,13 @@ def main(argv=None):
         data_args.train_dir, data_args.dataset_name, data_args.train_split,
         video_column=data_args.video_column_name, label_column=data_args.label_column_name,
     )
-    transform = ClipTransform(image_size=model.config.image_size, scale=(data_args.crop_min_scale, 1.0), horizontal_flip=data_args.horizontal_flip)
-    train_set = VideoClipDataset(samples[: data_args.max_train_samples], model.config.num_frames, True, transform, cache=data_args.cache_decoded)
+    processor = VideoMambaVideoProcessor.from_model_config(
+        model.config, train_crop_scale=(data_args.crop_min_scale, 1.0), train_flip=data_args.horizontal_flip
+    )
+    train_set = VideoClipDataset(samples[: data_args.max_train_samples], processor, train=True, cache=data_args.cache_decoded)
 
     trainer = VideoMambaPreTrainingTrainer(
-        model=model, args=training_args, train_dataset=train_set, data_collator=collate_clips,
+        model=model, args=training_args, train_dataset=train_set, data_collator=collate_clips, processing_class=processor,
         teacher=teacher, mask_type=model_args.mask_type, mask_ratio=model_args.mask_ratio, mask_schedule=schedule,
     )
     last_checkpoint = None

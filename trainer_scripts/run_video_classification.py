@@ -25,10 +25,9 @@ from transformers.trainer_utils import get_last_checkpoint
 # The script runs from a checkout too, where the package is beside this folder.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification  # noqa: E402
+from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification, VideoMambaVideoProcessor  # noqa: E402
 from modeling_videomamba.distillation import VideoMambaDistillationTrainer  # noqa: E402
 from modeling_videomamba.training_utils import (  # noqa: E402
-    ClipTransform,
     MixupCutmix,
     VideoClipDataset,
     VideoMambaTrainer,
@@ -124,10 +123,17 @@ def main(argv=None):
 
     model = build_model(model_args, len(label2id), label2id)
     config = model.config
-    num_frames = data_args.num_frames or config.num_frames
-    transform = ClipTransform(image_size=config.image_size, scale=(data_args.crop_min_scale, 1.0), horizontal_flip=data_args.horizontal_flip)
-    train_set = train_samples and VideoClipDataset(train_samples, num_frames, True, transform, cache=data_args.cache_decoded)
-    eval_set = eval_samples and VideoClipDataset(eval_samples, num_frames, False, transform, num_views=data_args.num_eval_views, cache=data_args.cache_decoded)
+    processor = VideoMambaVideoProcessor.from_model_config(
+        config,
+        num_frames=data_args.num_frames or config.num_frames,
+        train_crop_scale=(data_args.crop_min_scale, 1.0),
+        train_flip=data_args.horizontal_flip,
+    )
+    eval_processor = processor
+    if data_args.num_eval_views > 1:
+        eval_processor = VideoMambaVideoProcessor(**{**processor.to_dict(), "num_temporal_clips": data_args.num_eval_views})
+    train_set = train_samples and VideoClipDataset(train_samples, processor, train=True, cache=data_args.cache_decoded)
+    eval_set = eval_samples and VideoClipDataset(eval_samples, eval_processor, train=False, cache=data_args.cache_decoded)
 
     mixer = None
     if data_args.mixup > 0 or data_args.cutmix > 0 or data_args.label_smoothing > 0:
@@ -135,7 +141,7 @@ def main(argv=None):
 
     trainer_kwargs = dict(
         model=model, args=training_args, train_dataset=train_set or None, eval_dataset=eval_set or None,
-        data_collator=collate_clips, compute_metrics=compute_metrics, batch_mixer=mixer,
+        data_collator=collate_clips, compute_metrics=compute_metrics, batch_mixer=mixer, processing_class=processor,
     )
     if model_args.teacher_model_name_or_path:
         teacher = VideoMambaForVideoClassification.from_pretrained(model_args.teacher_model_name_or_path)
