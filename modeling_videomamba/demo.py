@@ -72,7 +72,7 @@ def main(argv=None):
     config = VideoMambaConfig(**DEMO_CONFIG, num_labels=len(label2id), id2label=id2label, label2id=label2id)
     # No flips: a mirrored "moving left" clip is a "moving right" one.
     processor = VideoMambaVideoProcessor.from_model_config(config, train_crop_scale=(0.5, 1.0), train_flip=False)
-    train_set = VideoClipDataset(train_samples, processor, train=True, cache=True)
+    train_set = VideoClipDataset(train_samples, processor, train=True, cache=True, seed=args.seed)
     eval_set = VideoClipDataset(eval_samples, processor, train=False, cache=True)
 
     torch.manual_seed(args.seed)

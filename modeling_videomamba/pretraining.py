@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer
 
 from .masking import MaskingCallback, MaskingSpec, generate_mask
+from .training_utils import DatasetEpochCallback
 
 
 def _is_video_model(model) -> bool:
@@ -58,6 +59,7 @@ class VideoMambaPreTrainingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.masking = MaskingSpec(mask_type, mask_ratio)
+        self.add_callback(DatasetEpochCallback(self))
         if mask_schedule:
             self.add_callback(MaskingCallback(self.masking, mask_schedule))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from .processors import multi_view_predict, read_video
 
@@ -49,18 +49,23 @@ def scan_video_folder(root, label2id: dict = None) -> tuple:
 class VideoClipDataset(torch.utils.data.Dataset):
     """(path, label) pairs -> {"pixel_values": (T, C, H, W), "labels": int}, through a video processor.
 
-    `train=True` draws the processor's training sampling and augmentation (seeded from torch's RNG, so
-    `set_seed` and dataloader worker seeding govern it). A processor with several evaluation views
-    (`num_temporal_clips` / `num_spatial_crops`) gives (views, T, C, H, W) per clip, which
-    `VideoMambaTrainer` scores by averaging. `cache=True` keeps every decoded video in memory.
+    `train=True` draws the processor's training sampling and augmentation from a generator seeded by
+    (`seed`, epoch, index): reproducible whatever the workers, processes or prefetching, and a resumed run
+    sees the same clips as an uninterrupted one (`set_epoch` is called by `DatasetEpochCallback`). A processor
+    with several evaluation views (`num_temporal_clips` / `num_spatial_crops`) gives (views, T, C, H, W) per
+    clip, which `VideoMambaTrainer` scores by averaging. `cache=True` keeps every decoded video in memory.
     """
 
-    def __init__(self, samples, processor, train: bool, cache: bool = False):
-        self.samples, self.processor, self.train = list(samples), processor, train
+    def __init__(self, samples, processor, train: bool, cache: bool = False, seed: int = 0):
+        self.samples, self.processor, self.train, self.seed = list(samples), processor, train, seed
+        self.epoch = 0
         self._cache = {} if cache else None
 
     def __len__(self):
         return len(self.samples)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
 
     def __getitem__(self, index):
         path, label = self.samples[index]
@@ -69,9 +74,21 @@ class VideoClipDataset(torch.utils.data.Dataset):
             if path not in self._cache:
                 self._cache[path] = read_video(path)[0]
             video = self._cache[path]
-        seed = int(torch.randint(0, 2**31 - 1, ())) if self.train else None
-        pixel_values = self.processor(video, training=self.train, generator=seed)["pixel_values"]
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        pixel_values = self.processor(video, training=self.train, generator=rng)["pixel_values"]
         return {"pixel_values": pixel_values[0] if len(pixel_values) == 1 else pixel_values, "labels": label}
+
+
+class DatasetEpochCallback(TrainerCallback):
+    """Tells the training dataset which epoch starts (for `VideoClipDataset`'s per-epoch augmentation)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        dataset = self.trainer.train_dataset
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(int(round(state.epoch or 0.0, 6)))
 
 
 def collate_clips(examples: list) -> dict:
@@ -170,6 +187,7 @@ class VideoMambaTrainer(Trainer):
     def __init__(self, *args, batch_mixer=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_mixer = batch_mixer
+        self.add_callback(DatasetEpochCallback(self))
 
     def _is_soft(self, labels) -> bool:
         return torch.is_tensor(labels) and labels.is_floating_point() and labels.dim() == 2
@@ -266,6 +284,7 @@ def load_samples(data_dir=None, dataset_name=None, split="train", label2id=None,
 
 
 __all__ = [
+    "DatasetEpochCallback",
     "MixupCutmix",
     "VideoClipDataset",
     "VideoMambaTrainer",

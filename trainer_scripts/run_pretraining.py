@@ -106,7 +106,7 @@ def main(argv=None):
     processor = VideoMambaVideoProcessor.from_model_config(
         model.config, train_crop_scale=(data_args.crop_min_scale, 1.0), train_flip=data_args.horizontal_flip
     )
-    train_set = VideoClipDataset(samples[: data_args.max_train_samples], processor, train=True, cache=data_args.cache_decoded)
+    train_set = VideoClipDataset(samples[: data_args.max_train_samples], processor, train=True, cache=data_args.cache_decoded, seed=training_args.seed)
 
     trainer = VideoMambaPreTrainingTrainer(
         model=model, args=training_args, train_dataset=train_set, data_collator=collate_clips, processing_class=processor,

@@ -15,6 +15,7 @@ from one JSON file: `python run_video_classification.py args.json`.
 
 import logging
 import os
+import random
 import sys
 from dataclasses import dataclass, field
 
@@ -74,6 +75,13 @@ class DataTrainingArguments:
     cache_decoded: bool = field(default=False, metadata={"help": "Keep decoded clips in memory (small datasets)."})
 
 
+def _subsample(samples, count, seed):
+    """A seeded random subset of `count` samples (all of them for None), so every class can appear."""
+    if count is None or count >= len(samples):
+        return samples
+    return random.Random(seed).sample(samples, count)
+
+
 def build_model(model_args, num_labels, label2id):
     id2label = {i: name for name, i in label2id.items()}
     labels = dict(num_labels=num_labels, label2id=label2id, id2label=id2label)
@@ -113,11 +121,11 @@ def main(argv=None):
     train_samples, label2id = None, None
     if training_args.do_train:
         train_samples, label2id = load_samples(data_args.train_dir, split=data_args.train_split, **source)
-        train_samples = train_samples[: data_args.max_train_samples]
+        train_samples = _subsample(train_samples, data_args.max_train_samples, training_args.seed)
     eval_samples = None
     if training_args.do_eval:
         eval_samples, label2id = load_samples(data_args.validation_dir, split=data_args.validation_split, label2id=label2id, **source)
-        eval_samples = eval_samples[: data_args.max_eval_samples]
+        eval_samples = _subsample(eval_samples, data_args.max_eval_samples, training_args.seed)
     if label2id is None:
         raise ValueError("Nothing to do: pass --do_train and/or --do_eval with data.")
 
@@ -132,7 +140,7 @@ def main(argv=None):
     eval_processor = processor
     if data_args.num_eval_views > 1:
         eval_processor = VideoMambaVideoProcessor(**{**processor.to_dict(), "num_temporal_clips": data_args.num_eval_views})
-    train_set = train_samples and VideoClipDataset(train_samples, processor, train=True, cache=data_args.cache_decoded)
+    train_set = train_samples and VideoClipDataset(train_samples, processor, train=True, cache=data_args.cache_decoded, seed=training_args.seed)
     eval_set = eval_samples and VideoClipDataset(eval_samples, eval_processor, train=False, cache=data_args.cache_decoded)
 
     mixer = None
