@@ -56,9 +56,9 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="videomamba_demo")
     parser.add_argument("--train-per-class", type=int, default=64)
     parser.add_argument("--validation-per-class", type=int, default=24)
-    parser.add_argument("--epochs", type=float, default=6)
+    parser.add_argument("--epochs", type=float, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config-overrides", default="", help="VideoMambaConfig fields, e.g. 'hidden_size=96,token_order=hybrid'.")
     args = parser.parse_args(argv)
@@ -76,7 +76,7 @@ def main(argv=None):
     overrides = {**DEMO_CONFIG, **parse_config_overrides(args.config_overrides)}
     config = VideoMambaConfig(**overrides, num_labels=len(label2id), id2label=id2label, label2id=label2id)
     # No flips: a mirrored "moving left" clip is a "moving right" one.
-    processor = VideoMambaVideoProcessor.from_model_config(config, train_crop_scale=(0.5, 1.0), train_flip=False)
+    processor = VideoMambaVideoProcessor.from_model_config(config, train_crop_scale=(0.9, 1.0), train_flip=False)
     train_set = VideoClipDataset(train_samples, processor, train=True, cache=True, seed=args.seed)
     eval_set = VideoClipDataset(eval_samples, processor, train=False, cache=True)
 

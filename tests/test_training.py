@@ -251,3 +251,16 @@ def test_topk_accuracy_counts_hits():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
     assert topk_accuracy(logits, torch.tensor([1, 2, 1]), ks=(1, 2)) == pytest.approx({"accuracy": 1 / 3, "top2_accuracy": 2 / 3})
     assert "top5_accuracy" not in topk_accuracy(logits, torch.tensor([1, 2, 1]))
+
+
+def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
+    from modeling_videomamba import demo
+
+    result = demo.main([
+        "--output-dir", str(tmp_path), "--train-per-class", "2", "--validation-per-class", "1", "--epochs", "1",
+        "--batch-size", "8", "--config-overrides", "hidden_size=32,num_hidden_layers=1,num_frames=4",
+    ])
+    printed = capsys.readouterr().out
+    assert "frame-averaging baseline" in printed and "pipeline on" in printed
+    assert 0.0 <= result["eval_accuracy"] <= 1.0 and 0.0 <= result["baseline_accuracy"] <= 1.0
+    assert len(list((tmp_path / "data" / "validation").glob("*/*.mp4"))) == 8
