@@ -598,13 +598,14 @@ class VideoMambaForPreTraining(VideoMambaPreTrainedModel):
         for idx, layer in enumerate(backbone.layers):
             if idx - 1 in wanted:
                 records.append(backbone.norm_f(stream))
-            if original and idx == depth - 1 and depth - 1 in wanted:
-                # The original's quirk: the record for the last block is the raw stream entering it;
-                # its mixer still runs (and the result is discarded), which changes nothing numerically.
-                last_input = stream
+            if original and idx == depth - 1 and idx in wanted:
+                # The original's quirk: the record for the last block is the raw stream entering it. The
+                # original still runs that block and discards the result; skipping it changes nothing.
+                records.append(stream)
+                return records
             stream = layer(stream)
         if depth - 1 in wanted:
-            records.append(last_input if original else backbone.norm_f(stream))
+            records.append(backbone.norm_f(stream))
         return records
 
     def forward(
