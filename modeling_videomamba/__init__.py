@@ -7,6 +7,7 @@ AutoModelForVideoClassification, AutoModelForImageClassification, AutoVideoProce
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
+    VideoMambaForPreTraining,
     VideoMambaForVideoClassification,
     VideoMambaModel,
     VideoMambaModelOutput,
@@ -33,6 +34,7 @@ __all__ = [
     "VideoMambaPreTrainedModel",
     "VideoMambaForVideoClassification",
     "VideoMambaForImageClassification",
+    "VideoMambaForPreTraining",
     "selective_scan",
     "selective_scan_reference",
     "causal_conv1d",

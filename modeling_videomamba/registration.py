@@ -4,6 +4,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForPreTraining,
     AutoModelForVideoClassification,
     AutoProcessor,
 )
@@ -14,6 +15,7 @@ from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
+    VideoMambaForPreTraining,
     VideoMambaForVideoClassification,
     VideoMambaModel,
 )
@@ -24,6 +26,7 @@ MODEL_AUTO_CLASSES = (
     (AutoModel, VideoMambaModel),
     (AutoModelForVideoClassification, VideoMambaForVideoClassification),
     (AutoModelForImageClassification, VideoMambaForImageClassification),
+    (AutoModelForPreTraining, VideoMambaForPreTraining),
 )
 
 
