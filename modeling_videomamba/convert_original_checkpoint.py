@@ -81,6 +81,8 @@ StateDict = dict[str, torch.Tensor]
 def load_original_checkpoint(path: Union[str, Path]) -> object:
     """`torch.load` with `weights_only=True`, turning every failure into an error that names the file."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"Expected a checkpoint file, got a directory: {str(path)!r}.")
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
     if path.stat().st_size == 0:
@@ -427,6 +429,9 @@ def convert_original_checkpoint(
         The converted model in eval mode: `VideoMambaForVideoClassification`,
         `VideoMambaForImageClassification`, or `VideoMambaModel` for checkpoints without a head.
     """
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        # Checked first: save_pretrained would only fail after the whole conversion, with an AssertionError.
+        raise NotADirectoryError(f"output_dir must be a directory (or a new path); {str(output_dir)!r} is a file.")
     if not isinstance(checkpoint, Mapping):
         checkpoint = load_original_checkpoint(checkpoint)
     state_dict, ignored = strip_prefix(unwrap_state_dict(checkpoint))

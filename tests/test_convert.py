@@ -375,6 +375,14 @@ def test_unreadable_files_are_refused(tmp_path, fixture):
         convert_original_checkpoint(tmp_path / "empty.pth")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         convert_original_checkpoint(tmp_path / "missing.pth")
+    with pytest.raises(IsADirectoryError, match="got a directory"):
+        convert_original_checkpoint(tmp_path)
+
+
+def test_output_dir_that_is_a_file_is_refused_before_converting(tmp_path):
+    path = save(tmp_path, original_state_dict())
+    with pytest.raises(NotADirectoryError, match="output_dir must be a directory.*is a file"):
+        convert_original_checkpoint(path, output_dir=path)
 
 
 def test_pickled_objects_are_refused(tmp_path):
