@@ -1,7 +1,8 @@
 """VideoMamba (arXiv 2403.06977) for Hugging Face transformers.
 
 Importing the package registers the model with the Auto classes (AutoConfig, AutoModel,
-AutoModelForVideoClassification, AutoModelForImageClassification, AutoVideoProcessor, AutoProcessor).
+AutoModelForVideoClassification, AutoModelForImageClassification, AutoVideoProcessor, AutoImageProcessor,
+AutoProcessor).
 """
 
 from .configuration_videomamba import VideoMambaConfig
@@ -15,6 +16,7 @@ from .modeling_videomamba import (
 from .processors import (
     VideoDecodingError,
     VideoDecodingWarning,
+    VideoMambaImageProcessor,
     VideoMambaProcessor,
     VideoMambaVideoProcessor,
     dataset_video_transform,
@@ -40,6 +42,7 @@ __all__ = [
     "register_auto_classes",
     "VideoMambaVideoProcessor",
     "VideoMambaProcessor",
+    "VideoMambaImageProcessor",
     "VideoDecodingError",
     "VideoDecodingWarning",
     "read_video",

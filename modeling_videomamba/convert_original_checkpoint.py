@@ -33,7 +33,7 @@ from .modeling_videomamba import (
     _interpolate_spatial,
     _interpolate_temporal,
 )
-from .processors import VideoMambaVideoProcessor
+from .processors import VideoMambaImageProcessor, VideoMambaVideoProcessor
 from .processors.video_transforms import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -417,8 +417,8 @@ def convert_original_checkpoint(
 
     Args:
         checkpoint: path of a `.pth` file (loaded with `weights_only=True`) or an already loaded checkpoint.
-        output_dir: where to save the model (safetensors + config with `auto_map` + modeling files) and,
-            for video models, the video processor config. Nothing is saved when None.
+        output_dir: where to save the model (safetensors + config with `auto_map` + modeling files) and
+            its video or image processor config. Nothing is saved when None.
         num_frames: frames of the converted video model; the temporal embedding is linearly interpolated.
         image_size: input side of the converted model; the position grid is bicubically interpolated.
         inflate_image_to_video: turn an ImageNet (image) checkpoint into a video model.
@@ -472,11 +472,13 @@ def _log_left_out(left_out: dict) -> None:
 
 
 def save_converted(model, output_dir: Union[str, Path]) -> None:
-    """save_pretrained for the model and, for video models, the matching video processor."""
+    """save_pretrained for the model and the matching video processor (video models) or image processor
+    (image models), so that pipeline("video-classification"/"image-classification", model=output_dir) works."""
     model.save_pretrained(output_dir)
-    if model.config.modality != "video":
-        return
-    build_video_processor(model.config).save_pretrained(output_dir)
+    if model.config.modality == "video":
+        build_video_processor(model.config).save_pretrained(output_dir)
+    else:
+        VideoMambaImageProcessor.from_model_config(model.config).save_pretrained(output_dir)
 
 
 def _summary(config: VideoMambaConfig) -> str:

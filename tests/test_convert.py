@@ -2,6 +2,7 @@
 layout and wrapper, adaptation (frames, resolution, image -> video), labels, and refused inputs."""
 
 import argparse
+import json
 import logging
 import math
 
@@ -344,10 +345,13 @@ def test_converted_directory_runs_in_the_pipeline(tmp_path):
     assert all(p["label"] in model.config.label2id for p in predictions)  # Kinetics names, not LABEL_i
 
 
-def test_image_models_save_no_video_processor(tmp_path):
+def test_image_models_save_an_image_processor_and_no_video_processor(tmp_path):
     out = tmp_path / "image"
     convert_original_checkpoint(original_state_dict(image_model=True), output_dir=out)
     assert (out / "model.safetensors").is_file() and not (out / "video_preprocessor_config.json").exists()
+    saved = json.loads((out / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "VideoMambaImageProcessor"
+    assert saved["size"] == {"shortest_edge": 36} and saved["crop_size"] == {"height": 32, "width": 32}
 
 
 # ----------------------------------------------------------------------------------------------------
