@@ -30,8 +30,8 @@ from .modeling_videomamba import (
     VideoMambaForImageClassification,
     VideoMambaForVideoClassification,
     VideoMambaModel,
-    _interpolate_spatial,
-    _interpolate_temporal,
+    interpolate_position_embeddings,
+    interpolate_temporal_embeddings,
 )
 from .processors import VideoMambaImageProcessor, VideoMambaVideoProcessor
 from .processors.video_transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -281,9 +281,9 @@ def resize_embeddings(state_dict: StateDict, image_size: int, patch_size: int, f
         raise ValueError(f"--image-size {image_size} is not divisible by the patch size {patch_size}.")
     resized = dict(state_dict)
     side = image_size // patch_size
-    resized["pos_embed"] = _interpolate_spatial(state_dict["pos_embed"], side, side)
+    resized["pos_embed"] = interpolate_position_embeddings(state_dict["pos_embed"], side, side)
     if frames is not None:
-        resized["temporal_pos_embedding"] = _interpolate_temporal(state_dict["temporal_pos_embedding"], frames)
+        resized["temporal_pos_embedding"] = interpolate_temporal_embeddings(state_dict["temporal_pos_embedding"], frames)
     return resized
 
 

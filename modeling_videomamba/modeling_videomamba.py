@@ -87,8 +87,12 @@ class VideoMambaPatchEmbeddings(nn.Module):
         return patches.permute(0, 2, 3, 4, 1)
 
 
-def _interpolate_spatial(position_embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(1, 1 + g*g, D) -> (1, 1 + height*width, D): bicubic on the grid, cls position copied."""
+def interpolate_position_embeddings(position_embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize the spatial position embeddings to a (height, width) patch grid, as the original does to
+    fine-tune at another resolution; used by `interpolate_pos_encoding=True` and the checkpoint converter.
+
+    (1, 1 + g*g, D) -> (1, 1 + height*width, D): bicubic on the g x g grid, the cls position copied.
+    """
     cls_position, grid = position_embeddings[:, :1], position_embeddings[:, 1:]
     side = int(math.sqrt(grid.shape[1]))
     if (side, side) == (height, width):
@@ -99,8 +103,12 @@ def _interpolate_spatial(position_embeddings: torch.Tensor, height: int, width: 
     return torch.cat([cls_position, grid], dim=1)
 
 
-def _interpolate_temporal(temporal_embeddings: torch.Tensor, frames: int) -> torch.Tensor:
-    """(1, T, D) -> (1, frames, D) by linear interpolation along time."""
+def interpolate_temporal_embeddings(temporal_embeddings: torch.Tensor, frames: int) -> torch.Tensor:
+    """Resize the temporal position embeddings to `frames` positions (frames / tubelet), as the original does
+    to fine-tune on another clip length; used by `interpolate_pos_encoding=True` and the checkpoint converter.
+
+    (1, T, D) -> (1, frames, D) by linear interpolation along time.
+    """
     if temporal_embeddings.shape[1] == frames:
         return temporal_embeddings
     resized = F.interpolate(temporal_embeddings.transpose(1, 2).float(), size=frames, mode="linear", align_corners=False)
@@ -142,10 +150,10 @@ class VideoMambaEmbeddings(nn.Module):
         if not interpolate_pos_encoding:
             self._check_size(pixel_values)
         batch, frames, height, width, dim = patches.shape
-        position = _interpolate_spatial(self.position_embeddings, height, width)
+        position = interpolate_position_embeddings(self.position_embeddings, height, width)
         patches = patches + position[:, 1:].reshape(1, 1, height, width, dim)
         if self.is_video:
-            temporal = _interpolate_temporal(self.temporal_position_embeddings, frames)
+            temporal = interpolate_temporal_embeddings(self.temporal_position_embeddings, frames)
             patches = patches + temporal.reshape(1, frames, 1, 1, dim)
         cls = (self.cls_token + position[:, :1]).expand(batch, -1, -1)
         tokens = torch.cat([cls, patches.reshape(batch, frames * height * width, dim)], dim=1)
@@ -519,6 +527,8 @@ class VideoMambaForImageClassification(_VideoMambaClassifierMixin, VideoMambaPre
 
 
 __all__ = [
+    "interpolate_position_embeddings",
+    "interpolate_temporal_embeddings",
     "VideoMambaModel",
     "VideoMambaForVideoClassification",
     "VideoMambaForImageClassification",
