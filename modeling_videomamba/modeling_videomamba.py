@@ -4,6 +4,7 @@ Input video `pixel_values` is (batch, frames, channels, height, width), as Video
 cls token followed by the patches in spatial-first order: token 1 + t*h*w + i*w + j is patch (t, i, j).
 """
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -509,6 +510,11 @@ class VideoMambaForVideoClassification(_VideoMambaClassifierMixin, VideoMambaPre
     """VideoMamba with a linear head on the cls token. Input (B, T, C, H, W); logits (B, num_labels)."""
 
     def __init__(self, config: VideoMambaConfig):
+        if config.modality != "video":
+            raise ValueError(
+                f"VideoMambaForVideoClassification needs a config with modality='video', got {config.modality!r}; "
+                "use VideoMambaForImageClassification for image models."
+            )
         super().__init__(config)
         self._build_head(config)
         self.post_init()
@@ -520,7 +526,11 @@ class VideoMambaForImageClassification(_VideoMambaClassifierMixin, VideoMambaPre
     input_modalities = "image"
 
     def __init__(self, config: VideoMambaConfig):
-        config.modality = "image"
+        if config.modality != "image":
+            # A copy: setting it on the caller's config would silently turn later video models built from it into
+            # image models.
+            config = copy.deepcopy(config)
+            config.modality = "image"
         super().__init__(config)
         self._build_head(config)
         self.post_init()
