@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, pipeline
+from transformers import AutoImageProcessor, AutoProcessor, pipeline
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForImageClassification, VideoMambaImageProcessor
 from modeling_videomamba.convert_original_checkpoint import convert_original_checkpoint
@@ -65,6 +65,9 @@ def test_matches_the_pil_reference_for_any_shape_and_mode(height, width, mode):
 
 def test_image_classification_pipeline_on_a_converted_model(image_model_dir):
     assert type(AutoImageProcessor.from_pretrained(image_model_dir)) is VideoMambaImageProcessor
+    # AutoProcessor finds VideoMambaProcessor through the config class; it must hand back the image processor.
+    auto = AutoProcessor.from_pretrained(image_model_dir)
+    assert type(auto) is VideoMambaImageProcessor and auto.crop_size == {"height": 32, "width": 32}
     classifier = pipeline("image-classification", model=str(image_model_dir))
     image = random_image(48, 60, seed=1)
     predictions = classifier(image, top_k=3)
@@ -94,7 +97,7 @@ REMOTE_SCRIPT = textwrap.dedent(
                 raise ImportError(f"{name} is blocked for this test")
 
     sys.meta_path.insert(0, BlockPackage())
-    from transformers import AutoImageProcessor, pipeline
+    from transformers import AutoImageProcessor, AutoProcessor, pipeline
 
     model_dir, image_path = sys.argv[1:]
     processor = AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True)
