@@ -190,12 +190,14 @@ class VideoMambaLayerNorm(nn.LayerNorm):
     """LayerNorm computed in (at least) float32 (the `rms_norm=False` variant)."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., D) in float32 or float64 (callers cast to their compute dtype)."""
         hidden_states = _at_least_fp32(hidden_states)
         bias = None if self.bias is None else self.bias.to(hidden_states.dtype)
         return F.layer_norm(hidden_states, self.normalized_shape, self.weight.to(hidden_states.dtype), bias, self.eps)
 
 
 def make_norm(config: VideoMambaConfig) -> nn.Module:
+    """The block and final norm the config asks for: RMSNorm (`rms_norm=True`, the paper's) or LayerNorm."""
     if config.rms_norm:
         return VideoMambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
     return VideoMambaLayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
@@ -209,6 +211,7 @@ class VideoMambaDropPath(nn.Module):
         self.drop_prob = drop_prob
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, ...) -> (B, ...); identity in eval mode."""
         if self.drop_prob == 0.0 or not self.training:
             return hidden_states
         keep = 1.0 - self.drop_prob
