@@ -295,7 +295,11 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
                 raise ValueError(
                     "A video given as a list must be a non-empty list of frames (PIL images or 3-D arrays)."
                 )
-            video = np.stack([_to_frame_array(frame) for frame in video])
+            frames = [_to_frame_array(frame) for frame in video]
+            shapes = sorted({frame.shape for frame in frames})
+            if len(shapes) > 1:
+                raise ValueError(f"The frames of one video must share one size; got frames of shapes {shapes}.")
+            video = np.stack(frames)
         video = _channels_first(video, input_data_format)
         if not options["do_sample_frames"]:
             return [video]
