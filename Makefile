@@ -17,5 +17,7 @@ setup: $(PY)
 test: $(PY)
 	$(PY) -m pytest -q
 
+# Passive OpenMP waiting keeps training fast when other processes share the cores (spinning threads
+# slowed CPU steps several-fold under contention in our measurements).
 demo: $(PY)
-	$(PY) -m modeling_videomamba.demo
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m modeling_videomamba.demo

@@ -8,6 +8,7 @@ AutoProcessor).
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
+    VideoMambaForPreTraining,
     VideoMambaForVideoClassification,
     VideoMambaModel,
     VideoMambaModelOutput,
@@ -35,6 +36,7 @@ __all__ = [
     "VideoMambaPreTrainedModel",
     "VideoMambaForVideoClassification",
     "VideoMambaForImageClassification",
+    "VideoMambaForPreTraining",
     "selective_scan",
     "selective_scan_reference",
     "causal_conv1d",

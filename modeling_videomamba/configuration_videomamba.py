@@ -25,7 +25,9 @@ AUTO_MAP = {
     "AutoModel": "modeling_videomamba.VideoMambaModel",
     "AutoModelForVideoClassification": "modeling_videomamba.VideoMambaForVideoClassification",
     "AutoModelForImageClassification": "modeling_videomamba.VideoMambaForImageClassification",
+    "AutoModelForPreTraining": "modeling_videomamba.VideoMambaForPreTraining",
 }
+ALIGNED_FEATURE_SOURCES = ("original", "final_norm")
 
 
 class VideoMambaConfig(PreTrainedConfig):
@@ -69,6 +71,16 @@ class VideoMambaConfig(PreTrainedConfig):
         modality (`str`, *optional*, defaults to `"video"`): `"video"` (Conv3d patches, temporal embeddings,
             input (B, T, C, H, W)) or `"image"` (Conv2d patches, no temporal embedding, input (B, C, H, W));
             `VideoMambaForImageClassification` sets it to `"image"`.
+        teacher_hidden_size (`int`, *optional*, defaults to 512): Width of the teacher features that
+            `VideoMambaForPreTraining` aligns to (the original's `clip_output_dim`).
+        num_aligned_layers (`int`, *optional*, defaults to 1): Number K of final blocks whose outputs
+            `VideoMambaForPreTraining` aligns, each through its own decoder.
+        aligned_layer_interval (`int`, *optional*, defaults to 1): Spacing of the aligned blocks: blocks
+            `num_hidden_layers - 1 - k * aligned_layer_interval` for `k < num_aligned_layers`.
+        aligned_feature_source (`str`, *optional*, defaults to `"original"`): `"original"` reproduces the
+            original's choice (the final norm of each aligned block's output, except that the last block
+            is replaced by the RAW stream entering it, so converted pretraining checkpoints match);
+            `"final_norm"` aligns the final-norm output of every aligned block, the last one included.
     """
 
     model_type = "videomamba"
@@ -99,6 +111,10 @@ class VideoMambaConfig(PreTrainedConfig):
         scan_implementation="auto",
         token_order="spatial_first",
         modality="video",
+        teacher_hidden_size=512,
+        num_aligned_layers=1,
+        aligned_layer_interval=1,
+        aligned_feature_source="original",
         **kwargs,
     ):
         self.image_size = image_size
@@ -125,6 +141,10 @@ class VideoMambaConfig(PreTrainedConfig):
         self.scan_implementation = scan_implementation
         self.token_order = token_order
         self.modality = modality
+        self.teacher_hidden_size = teacher_hidden_size
+        self.num_aligned_layers = num_aligned_layers
+        self.aligned_layer_interval = aligned_layer_interval
+        self.aligned_feature_source = aligned_feature_source
         super().__init__(**kwargs)
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         self._validate()
@@ -151,6 +171,7 @@ class VideoMambaConfig(PreTrainedConfig):
         positive = (
             "image_size", "patch_size", "num_channels", "num_frames", "tubelet_size", "hidden_size",
             "num_hidden_layers", "state_size", "conv_kernel", "expand", "time_step_rank",
+            "teacher_hidden_size", "num_aligned_layers", "aligned_layer_interval",
         )
         for name in positive:
             value = getattr(self, name)
@@ -175,9 +196,15 @@ class VideoMambaConfig(PreTrainedConfig):
             ("token_order", TOKEN_ORDERS),
             ("dt_init", DT_INITS),
             ("modality", MODALITIES),
+            ("aligned_feature_source", ALIGNED_FEATURE_SOURCES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"VideoMambaConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if (self.num_aligned_layers - 1) * self.aligned_layer_interval >= self.num_hidden_layers:
+            raise ValueError(
+                f"num_aligned_layers ({self.num_aligned_layers}) with interval {self.aligned_layer_interval} "
+                f"reaches below block 0 of {self.num_hidden_layers}."
+            )
 
 
 __all__ = ["VideoMambaConfig"]

@@ -4,8 +4,8 @@
         --output-dir videomamba-small-k400
 
 The configuration is read off the tensors alone (no hand-written config). Every key of the checkpoint
-is either mapped onto the model, or dropped on purpose with a logged reason (self-distillation head,
-masked-pretraining CLIP decoder, a multimodal checkpoint's text tower); anything else, and any missing
+is either mapped onto the model, or dropped on purpose with a logged reason (self-distillation head, a
+multimodal checkpoint's text tower and decoders); anything else, and any missing
 or mis-shaped weight, stops the conversion with an error listing the offending keys.
 
 Families handled (see docs/conversion.md): video classifiers (Kinetics-400, SSv2, Breakfast, COIN),
@@ -28,6 +28,7 @@ from transformers.initialization import no_init_weights
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
+    VideoMambaForPreTraining,
     VideoMambaForVideoClassification,
     VideoMambaModel,
     interpolate_position_embeddings,
@@ -53,17 +54,17 @@ BACKBONE_RENAMES = (
     ("norm_f.", "norm_f."),
     ("norm.", "norm_f."),  # masked-pretraining and multimodal checkpoints name the final norm `norm`
 )
-# Original name prefix -> our name prefix, relative to the task model.
-HEAD_RENAMES = (("head.", "classifier."),)
-# Original name prefix -> why it is left out. Hook for masked pretraining: once VideoMambaForPreTraining
-# exists, move `clip_decoder.` into a rename table of its own and pick that class in `_model_class`.
+# Original name prefix -> our name prefix, relative to the task model, per task.
+TASK_RENAMES = {
+    "video-classification": (("head.", "classifier."),),
+    "image-classification": (("head.", "classifier."),),
+    "pretraining": (("clip_decoder.", "clip_decoder."),),  # VideoMambaForPreTraining keeps the original's names
+    "backbone": (),
+}
+# Original name prefix -> why it is left out (when the task's table does not take it).
 SKIPPED_PREFIXES = (
     ("distill_head.", "self-distillation head, used only in training"),
-    (
-        "clip_decoder.",
-        "masked-pretraining CLIP decoder: VideoMambaForPreTraining is not available yet, so the "
-        "checkpoint converts to the backbone (VideoMambaModel)",
-    ),
+    ("clip_decoder.", "CLIP-alignment decoder of the multimodal pretraining, outside the vision backbone"),
     ("pool_norm.", "pooling norm of the multimodal model, outside the backbone"),
 )
 
@@ -127,12 +128,12 @@ def unwrap_state_dict(checkpoint: object) -> StateDict:
     )
 
 
-def strip_prefix(state_dict: StateDict) -> tuple[StateDict, dict[str, str]]:
+def strip_prefix(state_dict: StateDict) -> tuple[StateDict, str, dict[str, str]]:
     """Remove the wrapper prefix (`module.`, `backbone.`, `encoder.`, `vision_encoder.`, ...) from the keys.
 
     The prefix is whatever precedes the one `cls_token` key. Keys outside it are kept (a top-level `head.`
     next to a `backbone.`), except in a multimodal checkpoint, whose other towers are returned as ignored.
-    Returns (state dict with original key names, {ignored key: reason}).
+    Returns (state dict with original key names, the prefix, {ignored key: reason}).
     """
     anchors = [key for key in state_dict if key == "cls_token" or key.endswith(".cls_token")]
     if len(anchors) > 1:
@@ -155,7 +156,7 @@ def strip_prefix(state_dict: StateDict) -> tuple[StateDict, dict[str, str]]:
             ignored[key] = "outside the multimodal model's vision tower"
         else:
             stripped[key] = value
-    return stripped, ignored
+    return stripped, prefix, ignored
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -163,18 +164,14 @@ def strip_prefix(state_dict: StateDict) -> tuple[StateDict, dict[str, str]]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def rename_keys(state_dict: StateDict, with_head: bool) -> tuple[StateDict, dict[str, str], list[str]]:
-    """Original names -> ours. Returns (renamed tensors, {skipped key: reason}, [unknown keys]).
-
-    Backbone names get the task model's `videomamba.` prefix when `with_head` is true.
-    """
+def rename_keys(state_dict: StateDict, task: str) -> tuple[StateDict, dict[str, str], list[str]]:
+    """Original names -> ours for `task` (see TASK_RENAMES). Returns (renamed tensors, {skipped key: reason},
+    [unknown keys]). Backbone names get the task model's `videomamba.` prefix unless task is "backbone"."""
     renamed, skipped, unknown = {}, {}, []
-    backbone_prefix = "videomamba." if with_head else ""
+    backbone_prefix = "" if task == "backbone" else "videomamba."
     sources = {}
     for key, value in state_dict.items():
-        target = _rename(key, BACKBONE_RENAMES, backbone_prefix)
-        if target is None and with_head:
-            target = _rename(key, HEAD_RENAMES, "")
+        target = _rename(key, BACKBONE_RENAMES, backbone_prefix) or _rename(key, TASK_RENAMES[task], "")
         if target is None:
             reason = next((why for prefix, why in SKIPPED_PREFIXES if key.startswith(prefix)), None)
             if reason is None:
@@ -249,6 +246,12 @@ def infer_config_kwargs(state_dict: StateDict) -> dict:
         kwargs["num_frames"] = state_dict["temporal_pos_embedding"].shape[1] * patch_weight.shape[2]
     if "head.weight" in state_dict:
         kwargs["num_labels"] = state_dict["head.weight"].shape[0]
+    decoders = {int(m.group(1)) for key in state_dict if (m := re.match(r"clip_decoder\.(\d+)\.", key))}
+    if decoders:
+        _require(state_dict, "clip_decoder.0.head.weight")
+        # The spacing of the aligned blocks is not stored; every released run aligns consecutive blocks.
+        kwargs["teacher_hidden_size"] = state_dict["clip_decoder.0.head.weight"].shape[0]
+        kwargs["num_aligned_layers"] = max(decoders) + 1
     return kwargs
 
 
@@ -340,10 +343,22 @@ def build_video_processor(config: VideoMambaConfig) -> VideoMambaVideoProcessor:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _model_class(modality: str, with_head: bool):
-    if not with_head:
-        return VideoMambaModel
-    return VideoMambaForVideoClassification if modality == "video" else VideoMambaForImageClassification
+MODEL_CLASSES = {
+    "video-classification": VideoMambaForVideoClassification,
+    "image-classification": VideoMambaForImageClassification,
+    "pretraining": VideoMambaForPreTraining,
+    "backbone": VideoMambaModel,
+}
+
+
+def _task(kwargs: dict, multimodal: bool) -> str:
+    """What the checkpoint is: a classifier (it has a head), a masked-pretraining student (CLIP decoders,
+    outside a multimodal model) or a bare backbone."""
+    if "num_labels" in kwargs:
+        return f"{kwargs['modality']}-classification"
+    if "num_aligned_layers" in kwargs and not multimodal:
+        return "pretraining"
+    return "backbone"
 
 
 def _check_against_model(renamed: StateDict, unknown: list, model: torch.nn.Module) -> None:
@@ -427,34 +442,38 @@ def convert_original_checkpoint(
 
     Returns:
         The converted model in eval mode: `VideoMambaForVideoClassification`,
-        `VideoMambaForImageClassification`, or `VideoMambaModel` for checkpoints without a head.
+        `VideoMambaForImageClassification`, `VideoMambaForPreTraining` (masked-pretraining checkpoints), or
+        `VideoMambaModel` (other checkpoints without a head, e.g. a multimodal model's vision tower).
     """
     if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
         # Checked first: save_pretrained would only fail after the whole conversion, with an AssertionError.
         raise NotADirectoryError(f"output_dir must be a directory (or a new path); {str(output_dir)!r} is a file.")
     if not isinstance(checkpoint, Mapping):
         checkpoint = load_original_checkpoint(checkpoint)
-    state_dict, ignored = strip_prefix(unwrap_state_dict(checkpoint))
+    state_dict, prefix, ignored = strip_prefix(unwrap_state_dict(checkpoint))
 
     kwargs = infer_config_kwargs(state_dict)
     state_dict = _adapt(state_dict, kwargs, num_frames, image_size, inflate_image_to_video)
-    with_head = "num_labels" in kwargs
-    if with_head:
+    task = _task(kwargs, multimodal=MULTIMODAL_PREFIX in prefix)
+    if task != "pretraining":
+        for name in ("teacher_hidden_size", "num_aligned_layers"):
+            kwargs.pop(name, None)
+    if task.endswith("classification"):
         kwargs.update(_label_kwargs(kwargs["num_labels"], labels))
     elif labels is not None:
         raise ValueError("Class names were given, but the checkpoint has no classification head.")
 
-    renamed, skipped, unknown = rename_keys(state_dict, with_head)
+    renamed, skipped, unknown = rename_keys(state_dict, task)
     config = VideoMambaConfig(**kwargs)
     # Every parameter is overwritten by the strict load below, so random initialisation is skipped
     # (it is most of the conversion time for the larger models).
     with no_init_weights():
-        model = _model_class(config.modality, with_head)(config)
+        model = MODEL_CLASSES[task](config)
     _check_against_model(renamed, unknown, model)
     model.load_state_dict(renamed, strict=True)
     model.eval()
     _log_left_out({**ignored, **skipped})
-    logger.info("Converted to %s: %s", type(model).__name__, _summary(config))
+    logger.info("Converted to %s: %s", type(model).__name__, _summary(config, task))
 
     if output_dir is not None:
         save_converted(model, output_dir)
@@ -481,9 +500,12 @@ def save_converted(model, output_dir: Union[str, Path]) -> None:
         VideoMambaImageProcessor.from_model_config(model.config).save_pretrained(output_dir)
 
 
-def _summary(config: VideoMambaConfig) -> str:
-    fields = ("modality", "hidden_size", "num_hidden_layers", "image_size", "patch_size", "num_frames", "num_labels")
-    return ", ".join(f"{name}={getattr(config, name)}" for name in fields if name != "num_frames" or config.modality == "video")
+def _summary(config: VideoMambaConfig, task: str) -> str:
+    fields = ["modality", "hidden_size", "num_hidden_layers", "image_size", "patch_size"]
+    fields += ["num_frames"] if config.modality == "video" else []
+    fields += ["num_labels"] if task.endswith("classification") else []
+    fields += ["teacher_hidden_size", "num_aligned_layers"] if task == "pretraining" else []
+    return ", ".join(f"{name}={getattr(config, name)}" for name in fields)
 
 
 # ----------------------------------------------------------------------------------------------------

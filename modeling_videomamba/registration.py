@@ -5,6 +5,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForPreTraining,
     AutoModelForVideoClassification,
     AutoProcessor,
 )
@@ -15,6 +16,7 @@ from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
+    VideoMambaForPreTraining,
     VideoMambaForVideoClassification,
     VideoMambaModel,
 )
@@ -26,6 +28,7 @@ MODEL_AUTO_CLASSES = (
     (AutoModel, VideoMambaModel),
     (AutoModelForVideoClassification, VideoMambaForVideoClassification),
     (AutoModelForImageClassification, VideoMambaForImageClassification),
+    (AutoModelForPreTraining, VideoMambaForPreTraining),
 )
 
 

@@ -110,3 +110,15 @@ def tiny_model_dir(tmp_path_factory):
     VideoMambaForVideoClassification(config).save_pretrained(root)
     VideoMambaProcessor(VideoMambaVideoProcessor.from_model_config(config)).save_pretrained(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_videos(tmp_path_factory):
+    """Root of a small built-in temporal-order dataset (synthetic_data): {train,validation}/<class>/*.mp4,
+    4 classes (two time-reversed pairs), 6 training and 2 validation clips per class, 8 frames of 32x32."""
+    from modeling_videomamba.synthetic_data import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    classes = ("moving_left", "moving_right", "rotating_clockwise", "rotating_counterclockwise")
+    generate_dataset(root, train_per_class=6, validation_per_class=2, num_frames=8, size=32, classes=classes, seed=0)
+    return root

@@ -8,12 +8,18 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForImageClassification, AutoModelForVideoClassification
+from transformers import (
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+    AutoModelForVideoClassification,
+)
 
 import modeling_videomamba
 from modeling_videomamba import (
     VideoMambaConfig,
     VideoMambaForImageClassification,
+    VideoMambaForPreTraining,
     VideoMambaForVideoClassification,
     VideoMambaModel,
 )
@@ -185,16 +191,20 @@ def test_video_classifier_layer_norm_kinetics_labels(tmp_path):
     assert model.config.id2label[0] == "abseiling" and model.config.id2label[399] == "zumba"
 
 
-def test_pretraining_checkpoint_converts_to_backbone(tmp_path, caplog):
-    sd = original_state_dict(classes=0, final_norm="norm", clip_layers=1)
+def test_pretraining_checkpoint(tmp_path):
+    sd = original_state_dict(classes=0, final_norm="norm", clip_layers=2)
     out = tmp_path / "pretrain"
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        model = convert_original_checkpoint(save(tmp_path, {"model": sd, "epoch": 800}), output_dir=out)
-    assert type(model) is VideoMambaModel
-    assert "clip_decoder.* (4 keys)" in caplog.text and "VideoMambaForPreTraining" in caplog.text
-    loaded = AutoModel.from_pretrained(out)
-    assert type(loaded) is VideoMambaModel
-    assert_weights_match(loaded, sd, final_norm="norm")
+    model = convert_original_checkpoint(save(tmp_path, {"model": sd, "epoch": 800}), output_dir=out)
+    assert type(model) is VideoMambaForPreTraining
+    loaded = AutoModelForPreTraining.from_pretrained(out)
+    assert type(loaded) is VideoMambaForPreTraining
+    assert (loaded.config.teacher_hidden_size, loaded.config.num_aligned_layers) == (24, 2)
+    for k in range(2):
+        for name in ("head.weight", "head.bias", "norm.weight", "norm.bias"):
+            assert torch.equal(loaded.clip_decoder[k].get_parameter(name), sd[f"clip_decoder.{k}.{name}"])
+    assert_weights_match(loaded.videomamba, sd, final_norm="norm")
+    # The fine-tuning path: the backbone alone from the same directory.
+    assert_weights_match(AutoModel.from_pretrained(out), sd, final_norm="norm")
 
 
 def test_multimodal_vision_tower(tmp_path, caplog):
@@ -202,6 +212,7 @@ def test_multimodal_vision_tower(tmp_path, caplog):
     checkpoint = {f"vision_encoder.{k}": v for k, v in sd.items()}
     checkpoint.update({
         "vision_encoder.pool_norm.weight": torch.ones(32),
+        "vision_encoder.clip_decoder.0.head.weight": torch.zeros(24, 32),
         "text_encoder.bert.embeddings.word_embeddings.weight": torch.zeros(10, 16),
         "vision_proj.weight": torch.zeros(16, 32),
         "temp": torch.tensor(0.07),
@@ -210,9 +221,9 @@ def test_multimodal_vision_tower(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         convert_original_checkpoint(save(tmp_path, {"model": checkpoint}), output_dir=out)
     assert "outside the multimodal model's vision tower): temp, text_encoder.bert.embeddings.word_embeddings.weight, vision_proj.weight." in caplog.text
-    assert "pool_norm.weight" in caplog.text
+    assert "pool_norm.weight" in caplog.text and "clip_decoder.0.head.weight" in caplog.text
     model = AutoModel.from_pretrained(out)
-    assert model.config.num_frames == 8
+    assert type(model) is VideoMambaModel and model.config.num_frames == 8
     assert_weights_match(model, sd, final_norm="norm")
 
 

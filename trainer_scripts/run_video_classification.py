@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Fine-tune (or train from scratch) VideoMamba for video classification with the Hugging Face Trainer.
+
+    python trainer_scripts/run_video_classification.py \
+        --train_dir data/train --validation_dir data/validation \
+        --preset tiny --config_overrides "hidden_size=96,num_hidden_layers=4,image_size=64,patch_size=8,num_frames=8" \
+        --output_dir out --do_train --do_eval --num_train_epochs 5
+
+Data: class-name folders of video files, or `--dataset_name` (a `datasets` dataset with a video-path and a
+label column). Model: `--model_name_or_path` (a saved or converted VideoMamba) or `--preset` +
+`--config_overrides`. `--teacher_model_name_or_path` adds self-distillation. Multi-process:
+`torchrun --nproc_per_node N trainer_scripts/run_video_classification.py ...`. All arguments can also come
+from one JSON file: `python run_video_classification.py args.json`.
+"""
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+
+import transformers
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+# The script runs from a checkout too, where the package is beside this folder.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification, VideoMambaVideoProcessor  # noqa: E402
+from modeling_videomamba.distillation import VideoMambaDistillationTrainer  # noqa: E402
+from modeling_videomamba.training_utils import (  # noqa: E402
+    MixupCutmix,
+    VideoClipDataset,
+    VideoMambaTrainer,
+    collate_clips,
+    compute_metrics,
+    load_samples,
+    parse_config_overrides,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default=None, metadata={"help": "A saved or converted VideoMamba (directory)."})
+    preset: str = field(default=None, metadata={"help": "Train from scratch with a paper size: tiny, small or middle."})
+    config_overrides: str = field(
+        default=None, metadata={"help": "Config fields for --preset, e.g. 'hidden_size=96,num_hidden_layers=4,image_size=64'."}
+    )
+    teacher_model_name_or_path: str = field(default=None, metadata={"help": "A VideoMamba teacher for self-distillation."})
+    distillation_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation loss."})
+    ignore_mismatched_sizes: bool = field(default=True, metadata={"help": "Re-initialise a head of another size."})
+
+
+@dataclass
+class DataTrainingArguments:
+    train_dir: str = field(default=None, metadata={"help": "Class-name folders of training videos."})
+    validation_dir: str = field(default=None, metadata={"help": "Class-name folders of validation videos."})
+    dataset_name: str = field(default=None, metadata={"help": "A `datasets` dataset (video-path and label columns)."})
+    train_split: str = field(default="train")
+    validation_split: str = field(default="validation")
+    video_column_name: str = field(default="video")
+    label_column_name: str = field(default="label")
+    num_frames: int = field(default=None, metadata={"help": "Frames per clip (default: the model's)."})
+    max_train_samples: int = field(default=None)
+    max_eval_samples: int = field(default=None)
+    crop_min_scale: float = field(default=0.35, metadata={"help": "Smallest area fraction of the random resized crop."})
+    horizontal_flip: bool = field(default=False, metadata={"help": "Random horizontal flips (not for direction-sensitive classes)."})
+    mixup: float = field(default=0.0, metadata={"help": "Mixup alpha (0: off)."})
+    cutmix: float = field(default=0.0, metadata={"help": "Cutmix alpha (0: off)."})
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the soft targets."})
+    num_eval_views: int = field(default=1, metadata={"help": "Temporal views averaged at evaluation (multi-view testing)."})
+    cache_decoded: bool = field(default=False, metadata={"help": "Keep decoded clips in memory (small datasets)."})
+
+
+def _subsample(samples, count, seed):
+    """A seeded random subset of `count` samples (all of them for None), so every class can appear."""
+    if count is None or count >= len(samples):
+        return samples
+    return random.Random(seed).sample(samples, count)
+
+
+def build_model(model_args, num_labels, label2id):
+    id2label = {i: name for name, i in label2id.items()}
+    labels = dict(num_labels=num_labels, label2id=label2id, id2label=id2label)
+    if model_args.model_name_or_path:
+        if model_args.preset or model_args.config_overrides:
+            raise ValueError("--preset/--config_overrides build a new model; don't combine them with --model_name_or_path.")
+        return VideoMambaForVideoClassification.from_pretrained(
+            model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **labels
+        )
+    if not model_args.preset:
+        raise ValueError("Give --model_name_or_path or --preset (tiny, small, middle) to train from scratch.")
+    config = VideoMambaConfig.from_preset(model_args.preset, **parse_config_overrides(model_args.config_overrides), **labels)
+    return VideoMambaForVideoClassification(config)
+
+
+def main(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+
+    last_checkpoint = None
+    if os.path.isdir(training_args.output_dir) and training_args.do_train and training_args.resume_from_checkpoint is None:
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None:
+            logger.info(f"Resuming from {last_checkpoint} (pass another --output_dir to start over).")
+    set_seed(training_args.seed)
+
+    source = dict(dataset_name=data_args.dataset_name, video_column=data_args.video_column_name, label_column=data_args.label_column_name)
+    train_samples, label2id = None, None
+    if training_args.do_train:
+        train_samples, label2id = load_samples(data_args.train_dir, split=data_args.train_split, **source)
+        train_samples = _subsample(train_samples, data_args.max_train_samples, training_args.seed)
+    eval_samples = None
+    if training_args.do_eval:
+        eval_samples, label2id = load_samples(data_args.validation_dir, split=data_args.validation_split, label2id=label2id, **source)
+        eval_samples = _subsample(eval_samples, data_args.max_eval_samples, training_args.seed)
+    if label2id is None:
+        raise ValueError("Nothing to do: pass --do_train and/or --do_eval with data.")
+
+    model = build_model(model_args, len(label2id), label2id)
+    config = model.config
+    processor = VideoMambaVideoProcessor.from_model_config(
+        config,
+        num_frames=data_args.num_frames or config.num_frames,
+        train_crop_scale=(data_args.crop_min_scale, 1.0),
+        train_flip=data_args.horizontal_flip,
+    )
+    eval_processor = processor
+    if data_args.num_eval_views > 1:
+        eval_processor = VideoMambaVideoProcessor(**{**processor.to_dict(), "num_temporal_clips": data_args.num_eval_views})
+    train_set = train_samples and VideoClipDataset(train_samples, processor, train=True, cache=data_args.cache_decoded, seed=training_args.seed)
+    eval_set = eval_samples and VideoClipDataset(eval_samples, eval_processor, train=False, cache=data_args.cache_decoded)
+
+    mixer = None
+    if data_args.mixup > 0 or data_args.cutmix > 0 or data_args.label_smoothing > 0:
+        mixer = MixupCutmix(len(label2id), data_args.mixup, data_args.cutmix, data_args.mixup_prob, label_smoothing=data_args.label_smoothing)
+
+    trainer_kwargs = dict(
+        model=model, args=training_args, train_dataset=train_set or None, eval_dataset=eval_set or None,
+        data_collator=collate_clips, compute_metrics=compute_metrics, batch_mixer=mixer, processing_class=processor,
+    )
+    if model_args.teacher_model_name_or_path:
+        teacher = VideoMambaForVideoClassification.from_pretrained(model_args.teacher_model_name_or_path)
+        trainer = VideoMambaDistillationTrainer(teacher=teacher, distillation_weight=model_args.distillation_weight, **trainer_kwargs)
+    else:
+        trainer = VideoMambaTrainer(**trainer_kwargs)
+
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
