@@ -286,7 +286,8 @@ def resize_embeddings(state_dict: StateDict, image_size: int, patch_size: int, f
     side = image_size // patch_size
     resized["pos_embed"] = interpolate_position_embeddings(state_dict["pos_embed"], side, side)
     if frames is not None:
-        resized["temporal_pos_embedding"] = interpolate_temporal_embeddings(state_dict["temporal_pos_embedding"], frames)
+        temporal = state_dict["temporal_pos_embedding"]
+        resized["temporal_pos_embedding"] = interpolate_temporal_embeddings(temporal, frames)
     return resized
 
 
