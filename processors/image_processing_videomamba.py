@@ -2,7 +2,8 @@
 
 The original evaluates ImageNet models as DeiT does: the shorter side resized (bicubic, on PIL images) to
 `int(image_size / 0.875)`, a centre crop of `image_size`, then ImageNet mean/std normalisation. transformers'
-PIL backend performs exactly those steps, so this class only sets its defaults; it needs no torchvision.
+PIL backend performs those steps, so this class sets its defaults and only rounds the crop offset as the
+original does; it needs no torchvision.
 """
 
 from transformers.image_processing_backends import PilBackend
