@@ -1,7 +1,8 @@
 """VideoMamba (arXiv 2403.06977) for Hugging Face transformers.
 
 Importing the package registers the model with the Auto classes (AutoConfig, AutoModel,
-AutoModelForVideoClassification, AutoModelForImageClassification, AutoVideoProcessor, AutoProcessor).
+AutoModelForVideoClassification, AutoModelForImageClassification, AutoVideoProcessor, AutoImageProcessor,
+AutoProcessor).
 """
 
 from .configuration_videomamba import VideoMambaConfig
@@ -16,6 +17,7 @@ from .modeling_videomamba import (
 from .processors import (
     VideoDecodingError,
     VideoDecodingWarning,
+    VideoMambaImageProcessor,
     VideoMambaProcessor,
     VideoMambaVideoProcessor,
     dataset_video_transform,
@@ -42,6 +44,7 @@ __all__ = [
     "register_auto_classes",
     "VideoMambaVideoProcessor",
     "VideoMambaProcessor",
+    "VideoMambaImageProcessor",
     "VideoDecodingError",
     "VideoDecodingWarning",
     "read_video",

@@ -31,10 +31,10 @@ from .modeling_videomamba import (
     VideoMambaForPreTraining,
     VideoMambaForVideoClassification,
     VideoMambaModel,
-    _interpolate_spatial,
-    _interpolate_temporal,
+    interpolate_position_embeddings,
+    interpolate_temporal_embeddings,
 )
-from .processors import VideoMambaVideoProcessor
+from .processors import VideoMambaImageProcessor, VideoMambaVideoProcessor
 from .processors.video_transforms import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ StateDict = dict[str, torch.Tensor]
 def load_original_checkpoint(path: Union[str, Path]) -> object:
     """`torch.load` with `weights_only=True`, turning every failure into an error that names the file."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"Expected a checkpoint file, got a directory: {str(path)!r}.")
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
     if path.stat().st_size == 0:
@@ -282,9 +284,10 @@ def resize_embeddings(state_dict: StateDict, image_size: int, patch_size: int, f
         raise ValueError(f"--image-size {image_size} is not divisible by the patch size {patch_size}.")
     resized = dict(state_dict)
     side = image_size // patch_size
-    resized["pos_embed"] = _interpolate_spatial(state_dict["pos_embed"], side, side)
+    resized["pos_embed"] = interpolate_position_embeddings(state_dict["pos_embed"], side, side)
     if frames is not None:
-        resized["temporal_pos_embedding"] = _interpolate_temporal(state_dict["temporal_pos_embedding"], frames)
+        temporal = state_dict["temporal_pos_embedding"]
+        resized["temporal_pos_embedding"] = interpolate_temporal_embeddings(temporal, frames)
     return resized
 
 
@@ -430,8 +433,8 @@ def convert_original_checkpoint(
 
     Args:
         checkpoint: path of a `.pth` file (loaded with `weights_only=True`) or an already loaded checkpoint.
-        output_dir: where to save the model (safetensors + config with `auto_map` + modeling files) and,
-            for video models, the video processor config. Nothing is saved when None.
+        output_dir: where to save the model (safetensors + config with `auto_map` + modeling files) and
+            its video or image processor config. Nothing is saved when None.
         num_frames: frames of the converted video model; the temporal embedding is linearly interpolated.
         image_size: input side of the converted model; the position grid is bicubically interpolated.
         inflate_image_to_video: turn an ImageNet (image) checkpoint into a video model.
@@ -443,6 +446,9 @@ def convert_original_checkpoint(
         `VideoMambaForImageClassification`, `VideoMambaForPreTraining` (masked-pretraining checkpoints), or
         `VideoMambaModel` (other checkpoints without a head, e.g. a multimodal model's vision tower).
     """
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        # Checked first: save_pretrained would only fail after the whole conversion, with an AssertionError.
+        raise NotADirectoryError(f"output_dir must be a directory (or a new path); {str(output_dir)!r} is a file.")
     if not isinstance(checkpoint, Mapping):
         checkpoint = load_original_checkpoint(checkpoint)
     state_dict, prefix, ignored = strip_prefix(unwrap_state_dict(checkpoint))
@@ -486,11 +492,13 @@ def _log_left_out(left_out: dict) -> None:
 
 
 def save_converted(model, output_dir: Union[str, Path]) -> None:
-    """save_pretrained for the model and, for video models, the matching video processor."""
+    """save_pretrained for the model and the matching video processor (video models) or image processor
+    (image models), so that pipeline("video-classification"/"image-classification", model=output_dir) works."""
     model.save_pretrained(output_dir)
-    if model.config.modality != "video":
-        return
-    build_video_processor(model.config).save_pretrained(output_dir)
+    if model.config.modality == "video":
+        build_video_processor(model.config).save_pretrained(output_dir)
+    else:
+        VideoMambaImageProcessor.from_model_config(model.config).save_pretrained(output_dir)
 
 
 def _summary(config: VideoMambaConfig, task: str) -> str:

@@ -4,6 +4,7 @@ Input video `pixel_values` is (batch, frames, channels, height, width), as Video
 cls token followed by the patches in spatial-first order: token 1 + t*h*w + i*w + j is patch (t, i, j).
 """
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -87,8 +88,12 @@ class VideoMambaPatchEmbeddings(nn.Module):
         return patches.permute(0, 2, 3, 4, 1)
 
 
-def _interpolate_spatial(position_embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(1, 1 + g*g, D) -> (1, 1 + height*width, D): bicubic on the grid, cls position copied."""
+def interpolate_position_embeddings(position_embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize the spatial position embeddings to a (height, width) patch grid, as the original does to
+    fine-tune at another resolution; used by `interpolate_pos_encoding=True` and the checkpoint converter.
+
+    (1, 1 + g*g, D) -> (1, 1 + height*width, D): bicubic on the g x g grid, the cls position copied.
+    """
     cls_position, grid = position_embeddings[:, :1], position_embeddings[:, 1:]
     side = int(math.sqrt(grid.shape[1]))
     if (side, side) == (height, width):
@@ -99,8 +104,12 @@ def _interpolate_spatial(position_embeddings: torch.Tensor, height: int, width: 
     return torch.cat([cls_position, grid], dim=1)
 
 
-def _interpolate_temporal(temporal_embeddings: torch.Tensor, frames: int) -> torch.Tensor:
-    """(1, T, D) -> (1, frames, D) by linear interpolation along time."""
+def interpolate_temporal_embeddings(temporal_embeddings: torch.Tensor, frames: int) -> torch.Tensor:
+    """Resize the temporal position embeddings to `frames` positions (frames / tubelet), as the original does
+    to fine-tune on another clip length; used by `interpolate_pos_encoding=True` and the checkpoint converter.
+
+    (1, T, D) -> (1, frames, D) by linear interpolation along time.
+    """
     if temporal_embeddings.shape[1] == frames:
         return temporal_embeddings
     resized = F.interpolate(temporal_embeddings.transpose(1, 2).float(), size=frames, mode="linear", align_corners=False)
@@ -142,10 +151,10 @@ class VideoMambaEmbeddings(nn.Module):
         if not interpolate_pos_encoding:
             self._check_size(pixel_values)
         batch, frames, height, width, dim = patches.shape
-        position = _interpolate_spatial(self.position_embeddings, height, width)
+        position = interpolate_position_embeddings(self.position_embeddings, height, width)
         patches = patches + position[:, 1:].reshape(1, 1, height, width, dim)
         if self.is_video:
-            temporal = _interpolate_temporal(self.temporal_position_embeddings, frames)
+            temporal = interpolate_temporal_embeddings(self.temporal_position_embeddings, frames)
             patches = patches + temporal.reshape(1, frames, 1, 1, dim)
         cls = (self.cls_token + position[:, :1]).expand(batch, -1, -1)
         tokens = torch.cat([cls, patches.reshape(batch, frames * height * width, dim)], dim=1)
@@ -181,12 +190,14 @@ class VideoMambaLayerNorm(nn.LayerNorm):
     """LayerNorm computed in (at least) float32 (the `rms_norm=False` variant)."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., D) in float32 or float64 (callers cast to their compute dtype)."""
         hidden_states = _at_least_fp32(hidden_states)
         bias = None if self.bias is None else self.bias.to(hidden_states.dtype)
         return F.layer_norm(hidden_states, self.normalized_shape, self.weight.to(hidden_states.dtype), bias, self.eps)
 
 
 def make_norm(config: VideoMambaConfig) -> nn.Module:
+    """The block and final norm the config asks for: RMSNorm (`rms_norm=True`, the paper's) or LayerNorm."""
     if config.rms_norm:
         return VideoMambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
     return VideoMambaLayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
@@ -200,6 +211,7 @@ class VideoMambaDropPath(nn.Module):
         self.drop_prob = drop_prob
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, ...) -> (B, ...); identity in eval mode."""
         if self.drop_prob == 0.0 or not self.training:
             return hidden_states
         keep = 1.0 - self.drop_prob
@@ -502,6 +514,11 @@ class VideoMambaForVideoClassification(_VideoMambaClassifierMixin, VideoMambaPre
     """VideoMamba with a linear head on the cls token. Input (B, T, C, H, W); logits (B, num_labels)."""
 
     def __init__(self, config: VideoMambaConfig):
+        if config.modality != "video":
+            raise ValueError(
+                f"VideoMambaForVideoClassification needs a config with modality='video', got {config.modality!r}; "
+                "use VideoMambaForImageClassification for image models."
+            )
         super().__init__(config)
         self._build_head(config)
         self.post_init()
@@ -513,7 +530,11 @@ class VideoMambaForImageClassification(_VideoMambaClassifierMixin, VideoMambaPre
     input_modalities = "image"
 
     def __init__(self, config: VideoMambaConfig):
-        config.modality = "image"
+        if config.modality != "image":
+            # A copy: setting it on the caller's config would silently turn later video models built from it into
+            # image models.
+            config = copy.deepcopy(config)
+            config.modality = "image"
         super().__init__(config)
         self._build_head(config)
         self.post_init()
@@ -670,6 +691,8 @@ class VideoMambaForPreTraining(VideoMambaPreTrainedModel):
 
 
 __all__ = [
+    "interpolate_position_embeddings",
+    "interpolate_temporal_embeddings",
     "VideoMambaModel",
     "VideoMambaForVideoClassification",
     "VideoMambaForImageClassification",

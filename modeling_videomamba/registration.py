@@ -2,6 +2,7 @@
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
@@ -19,6 +20,7 @@ from .modeling_videomamba import (
     VideoMambaForVideoClassification,
     VideoMambaModel,
 )
+from .processors.image_processing_videomamba import VideoMambaImageProcessor
 from .processors.processing_videomamba import VideoMambaProcessor
 from .processors.video_processing_videomamba import VideoMambaVideoProcessor
 
@@ -44,5 +46,10 @@ def register_auto_classes():
     # The processors' files are copied beside the weights the same way, by their own `save_pretrained`.
     AutoVideoProcessor.register(VideoMambaConfig, VideoMambaVideoProcessor, exist_ok=True)
     VideoMambaVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+    # Registered as the "pil" backend: it is a PilBackend, and the torchvision backend cannot be used here.
+    AutoImageProcessor.register(
+        VideoMambaConfig, image_processor_classes={"pil": VideoMambaImageProcessor}, exist_ok=True
+    )
+    VideoMambaImageProcessor.register_for_auto_class("AutoImageProcessor")
     AutoProcessor.register(VideoMambaConfig, VideoMambaProcessor, exist_ok=True)
     VideoMambaProcessor.register_for_auto_class("AutoProcessor")

@@ -1,6 +1,7 @@
-"""Video decoding, video processor and processor for VideoMamba (installed as `modeling_videomamba.processors`)."""
+"""Video decoding, video and image processors and processor for VideoMamba (installed as `modeling_videomamba.processors`)."""
 
 from .datasets_videomamba import dataset_video_transform
+from .image_processing_videomamba import VideoMambaImageProcessor
 from .multi_view import multi_view_predict
 from .processing_videomamba import VideoMambaProcessor
 from .video_decoding import (
@@ -18,6 +19,7 @@ __all__ = [
     "VideoDecodingError",
     "VideoDecodingWarning",
     "VideoInfo",
+    "VideoMambaImageProcessor",
     "VideoMambaProcessor",
     "VideoMambaVideoProcessor",
     "dataset_video_transform",

@@ -1,7 +1,12 @@
 """`VideoMambaProcessor`: the `ProcessorMixin` wrapper (AutoProcessor entry point) around the video processor."""
 
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, VIDEO_PROCESSOR_NAME, cached_file
 from transformers.video_processing_utils import VideoProcessorMixin
+
+from .image_processing_videomamba import VideoMambaImageProcessor
+
+_HUB_KWARGS = ("cache_dir", "force_download", "token", "revision", "local_files_only", "subfolder")
 
 
 class VideoMambaProcessor(ProcessorMixin):
@@ -18,6 +23,26 @@ class VideoMambaProcessor(ProcessorMixin):
         if video_processor is None:
             raise ValueError("VideoMambaProcessor needs a `video_processor` (a VideoMambaVideoProcessor).")
         super().__init__(video_processor, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """The saved processor; for an image model's directory, its [`VideoMambaImageProcessor`].
+
+        `AutoProcessor` reaches this class through the config class for image models too; giving back their
+        image processor (as `AutoProcessor` does for other image models) beats a video processor built from
+        the image processor's file.
+        """
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+
+        def has(name):
+            return cached_file(
+                pretrained_model_name_or_path, name, _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False, **hub_kwargs,
+            ) is not None
+
+        if not has(PROCESSOR_NAME) and not has(VIDEO_PROCESSOR_NAME) and has(IMAGE_PROCESSOR_NAME):
+            return VideoMambaImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def __call__(self, videos=None, **kwargs):
         """Process `videos` with the video processor; see `VideoMambaVideoProcessor.preprocess`."""

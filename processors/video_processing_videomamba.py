@@ -98,6 +98,8 @@ def _channels_first(video, input_data_format):
     video = torch.as_tensor(np.ascontiguousarray(video) if isinstance(video, np.ndarray) else video)
     if video.ndim != 4:
         raise ValueError(f"A video must have 4 dimensions (T, H, W, C) or (T, C, H, W); got shape {tuple(video.shape)}.")
+    if video.shape[0] == 0:
+        raise ValueError(f"A video needs at least one frame; got an array of shape {tuple(video.shape)}.")
     if input_data_format is None:
         last, first = video.shape[-1] in (1, 3, 4), video.shape[1] in (1, 3, 4)
         if not (last or first):
@@ -293,7 +295,11 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
                 raise ValueError(
                     "A video given as a list must be a non-empty list of frames (PIL images or 3-D arrays)."
                 )
-            video = np.stack([_to_frame_array(frame) for frame in video])
+            frames = [_to_frame_array(frame) for frame in video]
+            shapes = sorted({frame.shape for frame in frames})
+            if len(shapes) > 1:
+                raise ValueError(f"The frames of one video must share one size; got frames of shapes {shapes}.")
+            video = np.stack(frames)
         video = _channels_first(video, input_data_format)
         if not options["do_sample_frames"]:
             return [video]

@@ -2,6 +2,7 @@
 layout and wrapper, adaptation (frames, resolution, image -> video), labels, and refused inputs."""
 
 import argparse
+import json
 import logging
 import math
 
@@ -355,10 +356,13 @@ def test_converted_directory_runs_in_the_pipeline(tmp_path):
     assert all(p["label"] in model.config.label2id for p in predictions)  # Kinetics names, not LABEL_i
 
 
-def test_image_models_save_no_video_processor(tmp_path):
+def test_image_models_save_an_image_processor_and_no_video_processor(tmp_path):
     out = tmp_path / "image"
     convert_original_checkpoint(original_state_dict(image_model=True), output_dir=out)
     assert (out / "model.safetensors").is_file() and not (out / "video_preprocessor_config.json").exists()
+    saved = json.loads((out / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "VideoMambaImageProcessor"
+    assert saved["size"] == {"shortest_edge": 36} and saved["crop_size"] == {"height": 32, "width": 32}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -386,6 +390,14 @@ def test_unreadable_files_are_refused(tmp_path, fixture):
         convert_original_checkpoint(tmp_path / "empty.pth")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         convert_original_checkpoint(tmp_path / "missing.pth")
+    with pytest.raises(IsADirectoryError, match="got a directory"):
+        convert_original_checkpoint(tmp_path)
+
+
+def test_output_dir_that_is_a_file_is_refused_before_converting(tmp_path):
+    path = save(tmp_path, original_state_dict())
+    with pytest.raises(NotADirectoryError, match="output_dir must be a directory.*is a file"):
+        convert_original_checkpoint(path, output_dir=path)
 
 
 def test_pickled_objects_are_refused(tmp_path):

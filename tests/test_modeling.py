@@ -77,6 +77,15 @@ def test_image_model_takes_images_and_has_no_temporal_embedding():
         model(video())
 
 
+def test_image_model_leaves_the_callers_config_alone_and_video_model_refuses_image_configs():
+    config = tiny_config()
+    image_model = VideoMambaForImageClassification(config)
+    assert image_model.config.modality == "image" and config.modality == "video"
+    assert VideoMambaForVideoClassification(config)(video()).logits.shape == (2, 3)
+    with pytest.raises(ValueError, match="modality='video', got 'image'.*VideoMambaForImageClassification"):
+        VideoMambaForVideoClassification(image_model.config)
+
+
 def test_size_mismatches_raise_naming_expected_and_received():
     model = VideoMambaModel(tiny_config()).eval()
     with pytest.raises(ValueError, match=r"6 frames but the model expects 4.*interpolate_pos_encoding"):

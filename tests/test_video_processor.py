@@ -190,6 +190,8 @@ def test_multi_view_predict_averages_over_the_views_of_each_video(processor, vid
         (make_frames(4), {"training": True, "num_temporal_clips": 2}, "evaluation"),
         ([], {}, "empty"),
         (np.zeros((4, 5)), {}, "shape"),
+        (np.zeros((0, 8, 8, 3), np.uint8), {}, "at least one frame"),
+        ([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], {}, r"share one size.*\(8, 8, 3\), \(9, 8, 3\)"),
         (np.zeros((4, 8, 8, 7)), {}, "channel"),
         (make_frames(4), {"input_data_format": "last"}, "input_data_format"),
         ([make_frames(4), make_frames(2, 20, 20)], {"do_sample_frames": False}, "different shapes"),
