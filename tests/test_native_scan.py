@@ -13,6 +13,7 @@ from test_selective_scan import (
     CASES,
     OPTIONAL,
     assert_close_relative,
+    assert_matches_reference,
     make_inputs,
     outputs_and_grads,
     set_scan,
@@ -62,25 +63,14 @@ def test_native_matches_reference_fp32(
 ):
     monkeypatch.setattr(native_scan, "CHECKPOINT_EVERY", checkpoint_every)
     inputs = make_inputs(batch, dim, length, state, groups)
-    out, grads = outputs_and_grads(native, inputs, use, softplus, last_state)
-    ref_out, ref_grads = outputs_and_grads(selective_scan_reference, inputs, use, softplus, last_state)
-    for index, (actual, expected) in enumerate(zip(out, ref_out)):
-        assert_close_relative(actual, expected, 1e-5, f"output {index}")
-    assert grads.keys() == ref_grads.keys()
-    for name in ref_grads:
-        assert_close_relative(grads[name], ref_grads[name], 1e-5, f"grad {name}")
+    assert_matches_reference(native, inputs, use, softplus, last_state)
 
 
 def test_native_wide_channels_several_tiles(built):
     # dim 2 x 37 channels: each group is two full 16-lane tiles plus a ragged 5-lane one; 150 tokens
     # span three default checkpoint blocks.
     inputs = make_inputs(2, 74, 150, 16, 2, seed=5)
-    out, grads = outputs_and_grads(native, inputs, OPTIONAL, True, True)
-    ref_out, ref_grads = outputs_and_grads(selective_scan_reference, inputs, OPTIONAL, True, True)
-    for index, (actual, expected) in enumerate(zip(out, ref_out)):
-        assert_close_relative(actual, expected, 1e-5, f"output {index}")
-    for name in ref_grads:
-        assert_close_relative(grads[name], ref_grads[name], 1e-5, f"grad {name}")
+    assert_matches_reference(native, inputs, OPTIONAL, True, True)
 
 
 def test_native_float64_gradcheck(built, monkeypatch):
@@ -201,12 +191,7 @@ def test_native_fused_softplus_over_a_wide_range(built):
     # linear threshold: raw step sizes spread over [-30, 30].
     inputs = make_inputs(1, 16, 40, 4, None, seed=7)
     inputs["delta"] = torch.linspace(-30, 30, 16 * 40).reshape(1, 16, 40)
-    out, grads = outputs_and_grads(native, inputs, OPTIONAL, True, True)
-    ref_out, ref_grads = outputs_and_grads(selective_scan_reference, inputs, OPTIONAL, True, True)
-    for index, (actual, expected) in enumerate(zip(out, ref_out)):
-        assert_close_relative(actual, expected, 1e-5, f"output {index}")
-    for name in ref_grads:
-        assert_close_relative(grads[name], ref_grads[name], 1e-5, f"grad {name}")
+    assert_matches_reference(native, inputs, OPTIONAL, True, True)
 
 
 def test_compile_notice_only_when_not_cached(monkeypatch, tmp_path):

@@ -71,6 +71,17 @@ def assert_close_relative(actual, expected, tolerance, what):
     assert error <= tolerance * max(scale, 1e-30), f"{what}: max error {error:.3e} vs scale {scale:.3e}"
 
 
+def assert_matches_reference(function, inputs, use, delta_softplus, return_last_state, tolerance=1e-5):
+    """`function`'s outputs and input gradients equal `selective_scan_reference`'s (relative `tolerance`)."""
+    out, grads = outputs_and_grads(function, inputs, use, delta_softplus, return_last_state)
+    ref_out, ref_grads = outputs_and_grads(selective_scan_reference, inputs, use, delta_softplus, return_last_state)
+    for index, (actual, expected) in enumerate(zip(out, ref_out)):
+        assert_close_relative(actual, expected, tolerance, f"output {index}")
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert_close_relative(grads[name], ref_grads[name], tolerance, f"grad {name}")
+
+
 # Lengths around the block size (1, one short, exact multiple, one over, several blocks plus a tail).
 BLOCK = scan_module.BLOCK_SIZE
 CASES = [
@@ -87,14 +98,7 @@ CASES = [
 
 @pytest.mark.parametrize("batch,dim,length,state,groups,use,softplus,last_state", CASES)
 def test_fast_matches_reference_fp32(batch, dim, length, state, groups, use, softplus, last_state):
-    inputs = make_inputs(batch, dim, length, state, groups)
-    fast_out, fast_grads = outputs_and_grads(selective_scan_fast, inputs, use, softplus, last_state)
-    ref_out, ref_grads = outputs_and_grads(selective_scan_reference, inputs, use, softplus, last_state)
-    for index, (actual, expected) in enumerate(zip(fast_out, ref_out)):
-        assert_close_relative(actual, expected, 1e-5, f"output {index}")
-    assert fast_grads.keys() == ref_grads.keys()
-    for name in ref_grads:
-        assert_close_relative(fast_grads[name], ref_grads[name], 1e-5, f"grad {name}")
+    assert_matches_reference(selective_scan_fast, make_inputs(batch, dim, length, state, groups), use, softplus, last_state)
 
 
 def test_fast_float64_is_float64_and_matches_to_rounding():
