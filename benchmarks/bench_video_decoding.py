@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling_videomamba.processors.video_decoding import read_video, segment_indices  # noqa: E402
+from modeling_videomamba.processors.video_decoding import segment_indices  # noqa: E402
 from modeling_videomamba.processors.video_processing_videomamba import VideoMambaVideoProcessor  # noqa: E402
 
 NUM_FRAMES = 8

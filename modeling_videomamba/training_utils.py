@@ -3,15 +3,19 @@ augmented by `VideoMambaVideoProcessor`), mixup / cutmix / label smoothing, top-
 that scales soft-label losses correctly under gradient accumulation.
 """
 
+import logging
 import math
+import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback
+import transformers
+from transformers import HfArgumentParser, Trainer, TrainerCallback
 
 from .processors import multi_view_predict, read_video
 
@@ -235,6 +239,25 @@ class VideoMambaTrainer(Trainer):
 # ----------------------------------------------------------------------------------------------------
 # Script helpers
 # ----------------------------------------------------------------------------------------------------
+
+
+def parse_script_arguments(dataclass_types: tuple, argv=None) -> tuple:
+    """The trainer scripts' arguments: one JSON file, or command-line flags (HF examples' convention).
+
+    Also sets up logging to stdout at the training arguments' process log level (the last dataclass
+    must be `TrainingArguments`).
+    """
+    parser = HfArgumentParser(dataclass_types)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        parsed = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        parsed = parser.parse_args_into_dataclasses(argv)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    transformers.utils.logging.set_verbosity(parsed[-1].get_process_log_level())
+    return parsed
 
 
 def parse_config_overrides(overrides: str) -> dict:

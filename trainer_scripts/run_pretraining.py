@@ -17,8 +17,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import transformers
-from transformers import AutoConfig, AutoModel, CLIPVisionModel, HfArgumentParser, TrainingArguments, set_seed
+from transformers import AutoConfig, AutoModel, CLIPVisionModel, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +25,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_videomamba import VideoMambaConfig, VideoMambaForPreTraining, VideoMambaVideoProcessor  # noqa: E402
 from modeling_videomamba.masking import MASK_TYPES  # noqa: E402
 from modeling_videomamba.pretraining import VideoMambaPreTrainingTrainer  # noqa: E402
-from modeling_videomamba.training_utils import VideoClipDataset, collate_clips, load_samples, parse_config_overrides  # noqa: E402
+from modeling_videomamba.training_utils import (  # noqa: E402
+    VideoClipDataset,
+    collate_clips,
+    load_samples,
+    parse_config_overrides,
+    parse_script_arguments,
+)  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +80,7 @@ def load_teacher(path: str, need_attention: bool):
 
 
 def main(argv=None):
-    parser = HfArgumentParser((PreTrainingArguments, DataArguments, TrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    model_args, data_args, training_args = parse_script_arguments((PreTrainingArguments, DataArguments, TrainingArguments), argv)
     if not model_args.teacher_model_name_or_path:
         raise ValueError("Masked pretraining needs --teacher_model_name_or_path.")
     schedule = parse_mask_schedule(model_args.mask_schedule)

@@ -19,8 +19,7 @@ import random
 import sys
 from dataclasses import dataclass, field
 
-import transformers
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 # The script runs from a checkout too, where the package is beside this folder.
@@ -36,6 +35,7 @@ from modeling_videomamba.training_utils import (  # noqa: E402
     compute_metrics,
     load_samples,
     parse_config_overrides,
+    parse_script_arguments,
 )
 
 logger = logging.getLogger(__name__)
@@ -98,17 +98,8 @@ def build_model(model_args, num_labels, label2id):
 
 
 def main(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
-
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
+    model_args, data_args, training_args = parse_script_arguments((ModelArguments, DataTrainingArguments, TrainingArguments), argv)
+    logger.setLevel(training_args.get_process_log_level())
 
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir) and training_args.do_train and training_args.resume_from_checkpoint is None:
