@@ -1,7 +1,7 @@
 """The README's main job: generate a temporal-order video dataset, fine-tune a small VideoMamba on CPU,
 compare it with a frame-averaging baseline and classify a clip.
 
-    python -m modeling_videomamba.demo [--output-dir videomamba_demo] [--epochs 14] [--seed 0]
+    python -m modeling_videomamba.demo [--output-dir videomamba_demo] [--epochs 16] [--seed 0]
 
 The classes are time-reversed pairs (see `synthetic_data`), so averaging frames leaves only the pair
 identifiable: the baseline stays near 1/2 accuracy on 8 classes, while VideoMamba's scan reads the order.
@@ -56,7 +56,7 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="videomamba_demo")
     parser.add_argument("--train-per-class", type=int, default=64)
     parser.add_argument("--validation-per-class", type=int, default=24)
-    parser.add_argument("--epochs", type=float, default=14)
+    parser.add_argument("--epochs", type=float, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
