@@ -14,12 +14,12 @@ from test_selective_scan import (
     OPTIONAL,
     assert_close_relative,
     assert_matches_reference,
+    assert_model_matches_reference_scan,
     make_inputs,
     outputs_and_grads,
-    set_scan,
 )
 
-from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification, native_scan
+from modeling_videomamba import native_scan
 from modeling_videomamba.selective_scan import (
     resolve_implementation,
     selective_scan,
@@ -110,20 +110,7 @@ def test_native_forward_without_grad_keeps_no_checkpoints(built):
 
 
 def test_native_model_matches_reference(built):
-    torch.manual_seed(0)
-    config = VideoMambaConfig(hidden_size=32, num_hidden_layers=2, image_size=32, patch_size=8, num_frames=4, num_labels=5)
-    model = VideoMambaForVideoClassification(config)
-    pixel_values = torch.randn(2, 4, 3, 32, 32)
-    results = {}
-    for implementation in ("reference", "native"):
-        set_scan(model, implementation)
-        model.zero_grad()
-        logits = model(pixel_values).logits
-        logits.square().sum().backward()
-        results[implementation] = (logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
-    assert_close_relative(results["native"][0], results["reference"][0], 1e-5, "logits")
-    for name, grad in results["reference"][1].items():
-        assert_close_relative(results["native"][1][name], grad, 1e-4, f"grad {name}")
+    assert_model_matches_reference_scan("native")
 
 
 def test_auto_picks_native_on_cpu_when_built(built):
