@@ -251,6 +251,13 @@ class VideoMambaMixer(nn.Module):
         self.D_b = nn.Parameter(torch.ones(inner))
         self.out_proj = nn.Linear(inner, hidden, bias=False)
 
+    def _stacked_ssm_parameters(self):
+        """A (2*inner, state), D (2*inner,) and the dt bias (2*inner,) of both directions, forward first, in fp32."""
+        A = torch.cat([-torch.exp(self.A_log.float()), -torch.exp(self.A_b_log.float())])
+        D = torch.cat([self.D, self.D_b]).float()
+        delta_bias = torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float()
+        return A, D, delta_bias
+
     def _branch_inputs(self, x, conv, x_proj, dt_proj, use_kernel):
         """x (B, inner, L) -> u, delta (B, inner, L) and B, C (B, state, L) of one scan direction."""
         u = causal_conv1d(x, conv.weight.squeeze(1), conv.bias, use_kernel=use_kernel)
@@ -275,14 +282,15 @@ class VideoMambaMixer(nn.Module):
         # One matmul with a block-diagonal weight gives both directions' delta already side by side;
         # the dt bias is added inside the scan, in fp32.
         delta = torch.cat(dt, dim=-1) @ torch.block_diag(self.dt_proj.weight.t(), self.dt_proj_b.weight.t())
+        A, D, delta_bias = self._stacked_ssm_parameters()
         y, _ = selective_scan_tokens_first(
             u,
             delta,
-            torch.cat([-torch.exp(self.A_log.float()), -torch.exp(self.A_b_log.float())]),
+            A,
             torch.stack(B, dim=2),
             torch.stack(C, dim=2),
-            D=torch.cat([self.D, self.D_b]).float(),
-            delta_bias=torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
+            D=D,
+            delta_bias=delta_bias,
             delta_softplus=True,
             implementation=implementation,
         )
@@ -300,15 +308,16 @@ class VideoMambaMixer(nn.Module):
         forward = self._branch_inputs(x, self.conv1d, self.x_proj, self.dt_proj, use_kernel)
         backward = self._branch_inputs(x.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, use_kernel)
         # Both directions run as one scan: channels stacked, each direction its own B/C group.
+        A, D, delta_bias = self._stacked_ssm_parameters()
         y = selective_scan(
             torch.cat([forward[0], backward[0]], dim=1),
             torch.cat([forward[1], backward[1]], dim=1),
-            torch.cat([-torch.exp(self.A_log.float()), -torch.exp(self.A_b_log.float())]),
+            A,
             torch.stack([forward[2], backward[2]], dim=1),
             torch.stack([forward[3], backward[3]], dim=1),
-            D=torch.cat([self.D, self.D_b]).float(),
+            D=D,
             z=torch.cat([z, z.flip(-1)], dim=1),
-            delta_bias=torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
+            delta_bias=delta_bias,
             delta_softplus=True,
             implementation=implementation,
         )
