@@ -35,7 +35,6 @@ from .modeling_videomamba import (
     interpolate_temporal_embeddings,
 )
 from .processors import VideoMambaImageProcessor, VideoMambaVideoProcessor
-from .processors.video_transforms import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 
@@ -329,16 +328,6 @@ def default_labels(num_labels: int) -> Optional[list]:
     return json.loads(resources.files(__package__).joinpath("labels", name).read_text(encoding="utf-8"))
 
 
-def build_video_processor(config: VideoMambaConfig) -> VideoMambaVideoProcessor:
-    """The video processor matching a converted video model: its frames and size, ImageNet normalisation.
-
-    The original evaluates on the shorter side resized to the input size, then a centre crop.
-    """
-    return VideoMambaVideoProcessor.from_model_config(
-        config, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)
-    )
-
-
 # ----------------------------------------------------------------------------------------------------
 # Conversion
 # ----------------------------------------------------------------------------------------------------
@@ -496,7 +485,9 @@ def save_converted(model, output_dir: Union[str, Path]) -> None:
     (image models), so that pipeline("video-classification"/"image-classification", model=output_dir) works."""
     model.save_pretrained(output_dir)
     if model.config.modality == "video":
-        build_video_processor(model.config).save_pretrained(output_dir)
+        # The processor's defaults are the original's evaluation transform (shorter side resized to the
+        # input size, centre crop, ImageNet mean/std); the model's config gives the frames and size.
+        VideoMambaVideoProcessor.from_model_config(model.config).save_pretrained(output_dir)
     else:
         VideoMambaImageProcessor.from_model_config(model.config).save_pretrained(output_dir)
 
