@@ -13,7 +13,7 @@ PRESETS = {
     "base": {"hidden_size": 768, "num_hidden_layers": 24},
 }
 
-SCAN_IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda")
+SCAN_IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda", "triton")
 TOKEN_ORDERS = ("spatial_first", "temporal_first", "hybrid")
 DT_INITS = ("original", "mamba")
 MODALITIES = ("video", "image")
