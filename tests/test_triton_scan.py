@@ -6,6 +6,10 @@ no CUDA device. Shapes are tiny: the interpreter runs every program's loop in Py
 """
 
 import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +157,16 @@ def test_auto_uses_triton_on_cuda_only_without_mamba_ssm(monkeypatch):
     monkeypatch.setattr(scan_module, "cuda_kernels_available", lambda: True)
     assert resolve_implementation("auto", torch.device("cuda")) == "cuda"
     assert resolve_implementation("triton", torch.device("cpu")) == "triton", "explicit choices are kept"
+
+
+def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
+    """Triton's compiler (not its interpreter) lowers both kernels to sm_90 machine code, in a fresh process."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, str(root / "tests" / "triton_compile_check.py"), "90"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("compiled ") == 4, result.stdout
