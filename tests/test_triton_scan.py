@@ -106,6 +106,20 @@ def test_triton_float64_is_computed_in_float64(small_blocks):
         assert_close_relative(actual, expected, 1e-10, "float64")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device (the kernels compiled, at a model's sizes)")
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_triton_on_cuda_matches_reference_at_model_size(kernels, dtype, tolerance):
+    # VideoMamba-Ti at 8 frames: 1569 tokens, both directions' 384 channels stacked, state 16.
+    inputs = make_inputs(2, 768, 1569, 16, 2, dtype=dtype, device="cuda")
+    out, grads = outputs_and_grads(triton_scan, inputs, OPTIONAL, True, True)
+    ref_out, ref_grads = outputs_and_grads(selective_scan_reference, inputs, OPTIONAL, True, True)
+    for index, (actual, expected) in enumerate(zip(out, ref_out)):
+        assert_close_relative(actual, expected, tolerance, f"output {index}")
+    for name in ref_grads:
+        assert_close_relative(grads[name], ref_grads[name], tolerance, f"grad {name}")
+
+
 def test_model_logits_and_gradients_triton_vs_reference(whole_groups):
     if DEVICE == "cpu":
         assert_model_matches_reference_scan("triton")
