@@ -266,7 +266,7 @@ class VideoMambaMixer(nn.Module):
         return u, delta, B.transpose(1, 2), C.transpose(1, 2)
 
     def _forward_tokens_first(self, hidden_states: torch.Tensor, implementation: str = "fast") -> torch.Tensor:
-        """The "fast", "native" and "triton" path: the same computation kept in (B, L, channels) layout, both directions at once.
+        """The "fast", "native" and "triton" path: the same computation in (B, L, channels) layout, both directions at once.
 
         Channels [:inner] are the forward direction, [inner:] the backward one on the flipped sequence.
         Both directions share the gate silu(z), so it is applied once, after flipping back and summing.

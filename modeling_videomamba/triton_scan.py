@@ -16,8 +16,9 @@ runs the adjoint recurrence back through the chunk. Reductions over channels (th
 C) and over batch and time (A, D, delta_bias) are written per program and summed afterwards, so the
 result does not depend on the order programs run in (no atomics).
 
-Triton compiles for CUDA devices. With TRITON_INTERPRET=1 set before this module is imported, the
-same kernels run on CPU tensors through Triton's interpreter (slow; the tests use it).
+Triton compiles for CUDA devices. With TRITON_INTERPRET=1 set before triton is first imported (it
+decorates its own library then), the same kernels run on CPU tensors through Triton's interpreter
+(slow; the tests use it).
 """
 
 import os
@@ -300,8 +301,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     """
     if u.device.type != "cuda" and not interpreting():
         raise ValueError(
-            f"scan_implementation='triton' needs CUDA tensors; got tensors on {u.device}. (Setting TRITON_INTERPRET=1 "
-            "before importing modeling_videomamba.triton_scan runs the kernels on CPU through Triton's slow interpreter.)"
+            f"scan_implementation='triton' needs CUDA tensors; got tensors on {u.device}. (With TRITON_INTERPRET=1 "
+            "set before triton is first imported, the kernels run on CPU through Triton's slow interpreter.)"
         )
     supported = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
     if u.dtype not in supported:

@@ -139,7 +139,9 @@ def test_fp32_parity_with_the_original_on_triton(whole_groups, original):
 
 def test_model_bfloat16_triton_close_to_reference(whole_groups):
     torch.manual_seed(0)
-    config = VideoMambaConfig(hidden_size=32, num_hidden_layers=2, image_size=32, patch_size=8, num_frames=4, num_labels=5)
+    config = VideoMambaConfig(
+        hidden_size=32, num_hidden_layers=2, image_size=32, patch_size=8, num_frames=4, num_labels=5
+    )
     model = VideoMambaForVideoClassification(config).to(device=DEVICE, dtype=torch.bfloat16)
     pixel_values = torch.randn(2, 4, 3, 32, 32).to(DEVICE)
     logits = {}

@@ -1,4 +1,4 @@
-"""Compile the Triton scan's kernels for a CUDA architecture without a GPU: `python tests/triton_compile_check.py [arch]`.
+"""Compile the Triton scan's kernels for a CUDA architecture, no GPU needed: `python tests/triton_compile_check.py [arch]`.
 
 The interpreter the other tests use does not type-check or lower the kernels the way the compiler
 does; this runs Triton's full pipeline down to a cubin (Triton ships ptxas), for each kernel with
