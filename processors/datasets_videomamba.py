@@ -1,30 +1,87 @@
 """Feeding a `datasets` video dataset through the video processor, without torchcodec.
 
-    from datasets import Video, load_dataset
+    from datasets import load_dataset
     dataset = load_dataset("videofolder", data_dir="clips/")["train"]  # clips/<label>/<name>.mp4 (mkv, avi, mov)
-    dataset = dataset.cast_column("video", Video(decode=False))          # rows hold {"path", "bytes"}
+    dataset = undecoded_videos(dataset)                                 # rows hold {"path", "bytes"}
     dataset.set_transform(dataset_video_transform(processor, training=True))
     dataset[0]["pixel_values"]  # (T, C, H, W); DataLoader/Trainer batches give (B, T, C, H, W)
 
-`Video(decode=False)` keeps `datasets` from decoding (it would need torchcodec); the processor reads the
-path or bytes with PyAV instead.
+`Video(decode=False)` (what `undecoded_videos` casts to) keeps `datasets` from decoding (it would need
+torchcodec); the processor reads the path or bytes with PyAV instead.
 """
 
+import os
+
+import numpy as np
 import torch
 
+from .video_decoding import is_video_source
 
-def _row_source(video):
-    """The readable part of a `Video(decode=False)` cell: its bytes if stored, else its path."""
+
+def undecoded_videos(dataset, video_column: str = "video"):
+    """The dataset with `video_column` cast to `Video(decode=False)` if it is a decoding `Video` column.
+
+    Its cells then come out as {"path": str or None, "bytes": bytes or None} (Hub datasets often store
+    bytes); path columns (plain strings) are returned unchanged.
+    """
+    from datasets import Video
+
+    if isinstance(dataset.features.get(video_column), Video) and dataset.features[video_column].decode:
+        dataset = dataset.cast_column(video_column, Video(decode=False))
+    return dataset
+
+
+def video_cell_source(video):
+    """What `read_video` can open from one cell of a video column: the bytes of a `Video(decode=False)`
+    cell if stored, else its path; a plain path or bytes as is."""
     if isinstance(video, dict):
         if video.get("bytes"):
             return video["bytes"]
         if video.get("path"):
             return video["path"]
         raise ValueError(f"A video cell needs 'path' or 'bytes'; got keys {sorted(video)} with no value.")
+    if not is_video_source(video):
+        raise ValueError(
+            f"A video cell must be a path, bytes or a {{'path', 'bytes'}} dict, got {type(video).__name__}; "
+            "cast decoding video columns first: `undecoded_videos(dataset, column)` (Video(decode=False))."
+        )
     return video
 
 
-def dataset_video_transform(processor, video_column="video", label_column="label", training=False, **processor_kwargs):
+def _process_rank() -> int:
+    """This process's rank in a distributed run (0 otherwise); also right inside its DataLoader workers."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+class _ProcessGenerator:
+    """One `np.random.Generator` per process (main process or DataLoader worker), created on first use.
+
+    Its seed mixes `seed` (default: `torch.initial_seed()`, which `Trainer`/`set_seed` set to the training
+    seed), the process rank and, in a worker, the worker's seed (`get_worker_info().seed`: the loader's
+    base seed, drawn from the seeded torch RNG at every new iterator, plus the worker id). So a run is
+    reproducible, every worker and rank draws differently, and new epochs draw anew: non-persistent
+    workers get a new base seed per epoch, persistent ones and the main process continue their stream.
+    The key includes the pid, so a forked worker never reuses the stream copied from its parent.
+    """
+
+    def __init__(self, seed=None):
+        self.seed, self._key, self._rng = seed, None, None
+
+    def __call__(self) -> np.random.Generator:
+        info = torch.utils.data.get_worker_info()
+        key = (os.getpid(), None if info is None else info.seed)
+        if key != self._key:
+            seed = torch.initial_seed() if self.seed is None else self.seed
+            entropy = [seed, _process_rank()] + ([] if info is None else [info.seed])
+            self._key, self._rng = key, np.random.default_rng(entropy)
+        return self._rng
+
+
+def dataset_video_transform(
+    processor, video_column="video", label_column="label", training=False, seed=None, **processor_kwargs
+):
     """A batch transform for `Dataset.set_transform`/`with_transform`.
 
     Args:
@@ -32,16 +89,22 @@ def dataset_video_transform(processor, video_column="video", label_column="label
         video_column: column of `Video(decode=False)` cells (dicts with `path`/`bytes`) or plain paths.
         label_column: column copied to `labels` (skipped if the dataset has none).
         training: random sampling and augmentation (see the processor).
+        seed: seed of the training randomness (default: `torch.initial_seed()`, i.e. the `Trainer`'s /
+            `set_seed`'s seed); mixed with the process rank and the DataLoader worker's seed, so runs
+            repeat while workers, ranks and epochs differ. (Rows carry no index here, so, unlike
+            `VideoClipDataset`, which clip gets which draw depends on the worker layout.)
         processor_kwargs: per-call processor options (`num_frames`, ...); single-view only.
     Returns:
         a function mapping a batch dict to `{"pixel_values": (B, T, C, H, W), "labels": (B,)}`.
     """
     if processor_kwargs.get("num_temporal_clips", 1) > 1 or processor_kwargs.get("num_spatial_crops", 1) > 1:
         raise ValueError("dataset_video_transform gives one row per video; use multi-view evaluation on batches instead.")
+    generator = _ProcessGenerator(seed)
 
     def transform(batch):
-        sources = [_row_source(video) for video in batch[video_column]]
-        outputs = processor(sources, training=training, return_tensors="pt", **processor_kwargs)
+        sources = [video_cell_source(video) for video in batch[video_column]]
+        rng = generator() if training else None
+        outputs = processor(sources, training=training, generator=rng, return_tensors="pt", **processor_kwargs)
         result = {"pixel_values": outputs["pixel_values"]}
         if label_column in batch:
             result["labels"] = torch.as_tensor(batch[label_column])
@@ -50,4 +113,4 @@ def dataset_video_transform(processor, video_column="video", label_column="label
     return transform
 
 
-__all__ = ["dataset_video_transform"]
+__all__ = ["dataset_video_transform", "undecoded_videos", "video_cell_source"]
