@@ -55,55 +55,38 @@ def _process_rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
-class _ProcessGenerator:
-    """One `np.random.Generator` per process (main process or DataLoader worker), created on first use.
+def _batch_generator() -> np.random.Generator:
+    """A generator for one batch's augmentation, drawn from torch's global RNG and the process rank.
 
-    Its seed mixes `seed` (default: `torch.initial_seed()`, which `Trainer`/`set_seed` set to the training
-    seed), the process rank and, in a worker, the worker's seed (`get_worker_info().seed`: the loader's
-    base seed, drawn from the seeded torch RNG at every new iterator, plus the worker id). So a run is
-    reproducible, every worker and rank draws differently, and new epochs draw anew: non-persistent
-    workers get a new base seed per epoch, persistent ones and the main process continue their stream.
-    The key includes the pid, so a forked worker never reuses the stream copied from its parent.
+    torch's RNG is what `Trainer`/`set_seed` seed in the main process, what a DataLoader seeds per worker
+    (its base seed, drawn from the main process's RNG for every new iterator, plus the worker id) and what
+    the Trainer checkpoints: so runs repeat (resumed ones too), workers draw differently, epochs draw anew
+    (persistent workers continue their stream) and the rank keeps identically seeded processes apart.
     """
-
-    def __init__(self, seed=None):
-        self.seed, self._key, self._rng = seed, None, None
-
-    def __call__(self) -> np.random.Generator:
-        info = torch.utils.data.get_worker_info()
-        key = (os.getpid(), None if info is None else info.seed)
-        if key != self._key:
-            seed = torch.initial_seed() if self.seed is None else self.seed
-            entropy = [seed, _process_rank()] + ([] if info is None else [info.seed])
-            self._key, self._rng = key, np.random.default_rng(entropy)
-        return self._rng
+    return np.random.default_rng([int(torch.randint(2**62, ()).item()), _process_rank()])
 
 
-def dataset_video_transform(
-    processor, video_column="video", label_column="label", training=False, seed=None, **processor_kwargs
-):
+def dataset_video_transform(processor, video_column="video", label_column="label", training=False, **processor_kwargs):
     """A batch transform for `Dataset.set_transform`/`with_transform`.
 
     Args:
         processor: a `VideoMambaVideoProcessor` (or a `VideoMambaProcessor`).
         video_column: column of `Video(decode=False)` cells (dicts with `path`/`bytes`) or plain paths.
         label_column: column copied to `labels` (skipped if the dataset has none).
-        training: random sampling and augmentation (see the processor).
-        seed: seed of the training randomness (default: `torch.initial_seed()`, i.e. the `Trainer`'s /
-            `set_seed`'s seed); mixed with the process rank and the DataLoader worker's seed, so runs
-            repeat while workers, ranks and epochs differ. (Rows carry no index here, so, unlike
-            `VideoClipDataset`, which clip gets which draw depends on the worker layout.)
+        training: random sampling and augmentation (see the processor), drawn from torch's RNG (seeded by
+            the `Trainer` / `set_seed` and, in DataLoader workers, per worker) and the process rank: runs
+            repeat, while workers, ranks and epochs differ. (Rows carry no index here, so, unlike
+            `VideoClipDataset`, which clip gets which draw depends on the batch and worker layout.)
         processor_kwargs: per-call processor options (`num_frames`, ...); single-view only.
     Returns:
         a function mapping a batch dict to `{"pixel_values": (B, T, C, H, W), "labels": (B,)}`.
     """
     if processor_kwargs.get("num_temporal_clips", 1) > 1 or processor_kwargs.get("num_spatial_crops", 1) > 1:
         raise ValueError("dataset_video_transform gives one row per video; use multi-view evaluation on batches instead.")
-    generator = _ProcessGenerator(seed)
 
     def transform(batch):
         sources = [video_cell_source(video) for video in batch[video_column]]
-        rng = generator() if training else None
+        rng = _batch_generator() if training else None
         outputs = processor(sources, training=training, generator=rng, return_tensors="pt", **processor_kwargs)
         result = {"pixel_values": outputs["pixel_values"]}
         if label_column in batch:
