@@ -144,6 +144,8 @@ def test_bad_data_directories_give_clear_errors(tmp_path, synthetic_videos):
         _run_script(["--train_dir", synthetic_videos / "train", "--output_dir", tmp_path / "out", "--do_train", *COMMON])
     with pytest.raises(ValueError, match="Bad config override"):
         parse_config_overrides("hidden_size")
+    with pytest.raises(ValueError, match="--num_frames 8 contradicts num_frames=4"):
+        _run_script(["--train_dir", synthetic_videos / "train", "--num_frames", "8", *base])
 
 
 def test_config_overrides_are_typed():
