@@ -163,7 +163,8 @@ def _check_compiler():
 
 @contextlib.contextmanager
 def _exclusive(lock_path: Path, timeout: float):
-    """Hold an exclusive OS lock on `lock_path`, waiting at most `timeout` seconds for it.
+    """Hold an exclusive OS lock on `lock_path`, waiting at most `timeout` seconds for it; yields whether
+    an OS lock is held (False where flock does not exist).
 
     flock locks belong to the open file: the kernel drops them when their process exits, however it
     exits, so a killed build never leaves this lock behind (unlike torch's lock file).
@@ -171,7 +172,7 @@ def _exclusive(lock_path: Path, timeout: float):
     try:
         import fcntl
     except ImportError:  # no flock (Windows): rely on torch's own lock file
-        yield
+        yield False
         return
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
@@ -188,7 +189,7 @@ def _exclusive(lock_path: Path, timeout: float):
                     ) from None
                 time.sleep(0.2)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -201,12 +202,12 @@ def _wait_seconds() -> float:
         raise NativeBuildError(f"{WAIT_ENV_VAR} must be a number of seconds; got {value!r}") from None
 
 
-def _compile(directory: Path, source: bytes, ninja_folder: str):
-    """Build the library into `directory` with torch (we hold the lock) and import it."""
+def _compile(directory: Path, source: bytes, ninja_folder: str, locked: bool = True):
+    """Build the library into `directory` with torch and import it; `locked`: we hold our OS lock."""
     from torch.utils.cpp_extension import load
 
     stale = directory / "lock"
-    if stale.exists():
+    if locked and stale.exists():
         # We hold the only lock under which this library is ever built: torch's lock file is a crashed
         # or killed build's leftover, and torch would wait on it forever.
         warnings.warn(
@@ -239,7 +240,11 @@ def _build():
     source = SOURCE.read_bytes()
     directory = build_directory(build_name(source))
     if _is_cached(directory):
-        return _import_library(directory)
+        try:
+            return _import_library(directory)
+        except (ImportError, OSError) as error:  # a damaged library: build it again below
+            logger.warning(f"The cached native CPU scan {directory} does not load ({error}); rebuilding it.")
+            (directory / DONE_MARKER).unlink(missing_ok=True)
     # Checked before anything is written or announced, so a missing tool gives one clear warning.
     _check_compiler()
     ninja_folder = _ninja_folder()
@@ -248,10 +253,10 @@ def _build():
         f"it from torch's extensions cache. Set {ENV_VAR}=0 to use the pure-PyTorch scan instead."
     )
     directory.mkdir(parents=True, exist_ok=True)
-    with _exclusive(directory.with_name(directory.name + ".lock"), _wait_seconds()):
+    with _exclusive(directory.with_name(directory.name + ".lock"), _wait_seconds()) as locked:
         if _is_cached(directory):  # another process finished the build while we waited
             return _import_library(directory)
-        return _compile(directory, source, ninja_folder)
+        return _compile(directory, source, ninja_folder, locked)
 
 
 def load_native_scan():

@@ -227,7 +227,7 @@ def fake_toolchain(fresh_state, monkeypatch, tmp_path):
     monkeypatch.setattr(native_scan, "_ninja_folder", lambda: "")
     compiled, imported = [], []
 
-    def compile_(directory, source, ninja_folder):
+    def compile_(directory, source, ninja_folder, locked):
         compiled.append(directory)
         time.sleep(0.5)  # long enough for a concurrent caller to reach the lock
         (directory / f"{directory.name}.so").write_bytes(b"")
@@ -290,9 +290,11 @@ def _load_in_fresh_process(extensions_dir, timeout=240, **env):
 def test_missing_compiler_one_warning_and_fast_path(tmp_path):
     result = _load_in_fresh_process(tmp_path, CXX=str(tmp_path / "no-such-compiler"))
     assert result["module"] is None and result["auto"] == "fast"
-    assert len(result["warnings"]) == 1, result["warnings"]
+    # Exactly one warning about the build (other libraries' import-time warnings are not ours to count).
+    about_build = [w for w in result["warnings"] if re.search("native|compil|ninja|build", w, re.IGNORECASE)]
+    assert len(about_build) == 1, result["warnings"]
     assert re.search(r"RuntimeWarning: .*could not be built .*no C\+\+ compiler found.*no-such-compiler.*'fast'",
-                     result["warnings"][0])
+                     about_build[0])
     assert not any(tmp_path.iterdir())  # nothing half-built left behind
 
 
@@ -317,3 +319,17 @@ def test_ninja_found_beside_the_interpreter(monkeypatch, tmp_path):
     with native_scan._on_path(folder):
         assert shutil.which("ninja") is not None
     assert os.environ["PATH"] == str(tmp_path)
+
+
+def test_damaged_cached_library_is_rebuilt(fake_toolchain, monkeypatch):
+    compiled, imported = fake_toolchain
+    directory = native_scan.build_directory(native_scan.build_name())
+    directory.mkdir(parents=True)
+    (directory / f"{directory.name}.so").write_bytes(b"not a library")
+    (directory / native_scan.DONE_MARKER).write_text("done")
+
+    def damaged(directory):
+        raise ImportError("invalid ELF header")
+
+    monkeypatch.setattr(native_scan, "_import_library", damaged)
+    assert native_scan._build() == "compiled" and compiled == [directory]
