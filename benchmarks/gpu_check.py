@@ -115,9 +115,10 @@ def machine_lines():
         lines.append(f"- GPU: {torch.cuda.get_device_name()} (sm_{major}{minor}), {torch.cuda.device_count()} visible")
     else:
         lines.append("- GPU: none visible")
-    nvcc = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if "CUDA_HOME" in os.environ else None)
-    if nvcc and os.path.exists(nvcc):
-        release = re.search(r"release [\d.]+", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout)
+    nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    if os.path.exists(nvcc):
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+        release = re.search(r"release [\d.]+", version)
         lines.append(f"- nvcc: {release.group(0) if release else 'unknown version'} ({nvcc})")
     else:
         lines.append("- nvcc: not found (no kernel builds possible)")
@@ -224,7 +225,8 @@ def step_kernels(args, report, arch):
             if args.dry_run:
                 continue
             env = {**BUILD_ENV, "MAX_JOBS": str(os.cpu_count() or 8), "TORCH_CUDA_ARCH_LIST": ""}
-            command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", source]
+            command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                       source]
             code, seconds, tail = run(command, os.path.join(args.out, f"build_{name}.log"),
                                       deadline - time.monotonic(), env)
             lines.append(f"  build and install: exit {code} in {seconds:.0f} s (log: build_{name}.log)")

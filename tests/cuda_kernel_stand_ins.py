@@ -67,7 +67,8 @@ def _selective_scan_stand_in():
 
     def fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         _check_scan_arguments(u, delta, A, B, C, D, z, delta_bias)
-        CALLS.append(("selective_scan_fwd", _describe(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)))
+        described = _describe(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+        CALLS.append(("selective_scan_fwd", described))
         out, last_state = selective_scan_ref(u, delta, A, B, C, D, None, delta_bias, delta_softplus, True)
         # The kernel's chunk states: the wrapper reads the last state as x[:, :, -1, 1::2].
         x = last_state.new_zeros(*last_state.shape[:2], 1, 2 * last_state.shape[2])

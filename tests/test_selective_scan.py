@@ -270,7 +270,8 @@ def test_cuda_implementation_rejects_cpu_tensors():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(
-    not cuda_kernels_available(), reason="needs a CUDA device with working mamba-ssm and causal-conv1d (pip install .[cuda])"
+    not cuda_kernels_available(),
+    reason="needs a CUDA device with working mamba-ssm and causal-conv1d (pip install .[cuda])",
 )
 def test_cuda_kernel_matches_reference():
     inputs = make_inputs(2, 64, 300, 16, 2, device="cuda")
