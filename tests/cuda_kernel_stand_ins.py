@@ -159,7 +159,9 @@ def install():
     added["causal_conv1d_cuda"] = conv_placeholder
     if "mamba_ssm" not in sys.modules:
         added["mamba_ssm"] = _bare_package("mamba_ssm")
-    if importlib.util.find_spec("triton") is None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
         # selective_scan_interface imports a Triton layer norm it does not use for the scan.
         layer_norm = types.ModuleType("mamba_ssm.ops.triton.layer_norm")
         layer_norm._layer_norm_fwd = None
