@@ -23,18 +23,21 @@ back in the dtype of `u`. Implementations:
 - "native": the "fast" layout computed by a compiled C++ CPU kernel (the recurrence with the step-size
   bias, softplus and D fused in, threads over batch x channels, its own adjoint backward), built on
   first use; see `native_scan`. When it cannot be built, one warning is issued and "fast" is used instead.
-- "cuda": mamba-ssm's fused kernel, imported lazily (optional extra `pip install .[cuda]`).
+- "cuda": mamba-ssm's fused kernel (and causal-conv1d's in the mixer), imported lazily (optional extra
+  `pip install .[cuda]`).
 - "triton": the "fast" layout computed by Triton kernels (CUDA tensors; no compiled extension to
   build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`.
 
-"auto" picks "cuda" on CUDA devices with mamba-ssm, else "triton" on CUDA devices with Triton, else
-"native" on CPU when the kernel is built or builds now (once per process; VIDEOMAMBA_NATIVE_SCAN=0
-turns this off), else "fast".
+"auto" picks "cuda" on CUDA devices when both packages import, their extensions load and a tiny call
+of each runs there (probed once per process); otherwise, after one warning naming what is missing,
+"triton" when Triton is usable there, else "fast". On CPU it picks "native" when the kernel is built or
+builds now (once per process; VIDEOMAMBA_NATIVE_SCAN=0 turns this off), else "fast".
 """
 
 import functools
 import importlib.util
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -287,9 +290,51 @@ def selective_scan_fast(
     return (y, last_state) if return_last_state else y
 
 
+_cuda_problem = {}  # device type -> what keeps the CUDA kernels from working ("" when they work)
+_cuda_warned = False
+
+
+def _probe_cuda_kernels(device: torch.device) -> str:
+    """What keeps mamba-ssm's and causal-conv1d's kernels from running on `device`; "" when they run.
+
+    Both packages must import (which loads their compiled extensions: a build for another torch or CUDA
+    fails here with an undefined symbol) and a tiny call of each must run on the device (a build
+    without this GPU's architecture fails only then, with "no kernel image").
+    """
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is available"
+    missing = []
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception as error:  # ImportError, or an OSError/RuntimeError from a broken extension
+        missing.append(f"mamba-ssm ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except Exception as error:
+        missing.append(f"causal-conv1d ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+    if missing:
+        return "not usable: " + "; ".join(missing)
+    try:
+        x = torch.randn(1, 8, 4, device=device)
+        selective_scan_fn(x, x, -torch.ones(8, 2, device=device), x[:, :2], x[:, :2], delta_softplus=True)
+        causal_conv1d_fn(x, torch.ones(8, 4, device=device), activation="silu")
+    except Exception as error:
+        return f"installed, but their kernels failed on {device} ({type(error).__name__}: {str(error).splitlines()[0]})"
+    return ""
+
+
+def cuda_kernels_problem(device=None) -> str:
+    """Why scan_implementation="cuda" cannot run on `device` (default: CUDA); "" when it can. Probed once."""
+    device = torch.device("cuda" if device is None else device)
+    if device.type not in _cuda_problem:
+        _cuda_problem[device.type] = _probe_cuda_kernels(device)
+    return _cuda_problem[device.type]
+
+
 def cuda_kernels_available() -> bool:
-    """Whether mamba-ssm's selective-scan kernel can be used here (installed and a CUDA device present)."""
-    return torch.cuda.is_available() and importlib.util.find_spec("mamba_ssm") is not None
+    """Whether mamba-ssm's and causal-conv1d's kernels run here: both import, their extensions load and
+    a tiny call of each runs on the CUDA device (probed once per process)."""
+    return torch.cuda.is_available() and not cuda_kernels_problem()
 
 
 @functools.cache
@@ -305,30 +350,50 @@ def triton_available() -> bool:
 
 
 def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except ImportError as error:
-        raise ImportError(
-            "scan_implementation='cuda' needs mamba-ssm; install it with `pip install .[cuda]` on a CUDA machine."
-        ) from error
-    if not u.is_cuda:
-        raise ValueError("scan_implementation='cuda' needs CUDA tensors; got tensors on " f"{u.device}.")
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
     return selective_scan_fn(
         u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
         return_last_state=return_last_state,
     )
 
 
+def _auto_on_cuda() -> str:
+    """"auto" for CUDA tensors: the mamba-ssm kernels when they run here, else (after one warning) the
+    Triton scan when Triton is usable, else "fast"."""
+    global _cuda_warned
+    problem = cuda_kernels_problem()
+    if not problem:
+        return "cuda"
+    fallback = "triton" if triton_available() else "fast"
+    if not _cuda_warned:
+        _cuda_warned = True
+        warnings.warn(
+            f"scan_implementation='auto': the mamba-ssm / causal-conv1d CUDA kernels are {problem}; using the "
+            f"{fallback!r} scan instead (install both with `pip install .[cuda]` for the fused kernels).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return fallback
+
+
 def resolve_implementation(implementation: str, device: torch.device) -> str:
-    """Map "auto" to a concrete implementation for tensors on `device`."""
+    """Map "auto" to a concrete implementation for tensors on `device`; check that "cuda" can run there."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"Unknown selective-scan implementation {implementation!r}; expected one of {IMPLEMENTATIONS}.")
     if implementation == "auto":
-        if device.type == "cuda" and cuda_kernels_available():
-            return "cuda"
-        if device.type == "cuda" and triton_available():
-            return "triton"
+        if device.type == "cuda":
+            return _auto_on_cuda()
         return "native" if device.type == "cpu" and native_scan_available() else "fast"
+    if implementation == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"scan_implementation='cuda' needs CUDA tensors; got tensors on {device}.")
+        problem = cuda_kernels_problem(device)
+        if problem:
+            raise ImportError(
+                f"scan_implementation='cuda': the mamba-ssm / causal-conv1d kernels are {problem}. Install both "
+                "with `pip install .[cuda]`, or use scan_implementation='auto' to fall back."
+            )
     if implementation == "native" and device.type == "cpu" and not native_scan_available():
         return "fast"  # native_scan_available() has warned once
     return implementation
@@ -420,6 +485,7 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_tokens_first",
     "cuda_kernels_available",
+    "cuda_kernels_problem",
     "native_scan_available",
     "triton_available",
 ]
