@@ -57,6 +57,9 @@ class VideoMambaPreTrainingTrainer(Trainer):
 
     def __init__(self, *args, teacher, mask_type: str = "tube", mask_ratio: float = 0.8, mask_schedule=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Before the optimizer and DDP are built (both happen in `train()`), which then leave these out.
+        for parameter in self.model.parameters_outside_the_loss():
+            parameter.requires_grad_(False)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.masking = MaskingSpec(mask_type, mask_ratio)
         self.add_callback(DatasetEpochCallback(self))
