@@ -23,7 +23,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .modeling_videomamba import VideoMambaRMSNorm
-from .training_utils import AUXILIARY_LOSS_KEY, VideoMambaTrainer
+from .training_utils import VideoMambaTrainer
 
 HEAD_NAME = "distill_head"
 
@@ -65,14 +65,13 @@ def teacher_features(teacher: nn.Module, pixel_values: torch.Tensor) -> torch.Te
 class VideoMambaDistillationCallback(TrainerCallback):
     """Self-distillation for any `Trainer`: pass it in `callbacks=[...]` when building the Trainer.
 
-    In training forwards (the student in train mode, autograd on) the student's output gets the term
-    `distillation_weight * mean(2 - 2 cos)`:
-    - added to `loss` when the student computed one, normalised as the task loss is: when the Trainer passes
-      `num_items_in_batch` (the task loss is then a sum over the accumulated batch's label items), the term is
-      weighted by this micro-batch's share of those items, otherwise it is a per-batch mean like the loss;
-    - returned as `outputs["auxiliary_loss"]` in any case: a Trainer that computes the task loss outside the model
-      (no labels given to it, e.g. `VideoMambaTrainer` with soft labels) adds it per sample. If the term never
-      reaches the loss, the first optimizer step raises instead of training without it.
+    In training forwards (the student in train mode, autograd on) the term `distillation_weight * mean(2 - 2 cos)`
+    goes into the student's `loss`. With labels it is added to the task loss, normalised as that is: when the
+    Trainer passes `num_items_in_batch` (the task loss is then a sum over the accumulated batch's label items),
+    weighted by this micro-batch's share of those items, otherwise as a per-batch mean. Without labels (a
+    Trainer computing the task loss outside the model, e.g. `VideoMambaTrainer` with soft labels) `loss` is the
+    term alone, for that Trainer to add. If the term never reaches the loss (say a `compute_loss_func` that
+    drops `outputs.loss`), the first optimizer step raises instead of training without it.
 
     `distill_loss` (the unweighted mean(2 - 2 cos), averaged over steps and processes) is added to every
     training log in `state.log_history` and to the logs seen by callbacks after this one.
@@ -164,14 +163,17 @@ class VideoMambaDistillationCallback(TrainerCallback):
         term = self.distillation_weight * distill
         self._distill_sum = self._distill_sum + distill.detach()
         self._distill_count += 1
-        output[AUXILIARY_LOSS_KEY] = term if output.get(AUXILIARY_LOSS_KEY) is None else output[AUXILIARY_LOSS_KEY] + term
-        if output.get("loss") is not None:
-            labels, num_items = kwargs.get("labels"), kwargs.get("num_items_in_batch")
-            share = 1.0
-            if labels is not None and num_items is not None:
-                # Counted as the Trainer counts `num_items_in_batch` (label items other than -100).
-                share = labels.ne(-100).sum() / torch.as_tensor(num_items, device=labels.device)
-            output["loss"] = output["loss"] + share * term
+        if output.get("loss") is None:
+            # No labels: the caller computes the task loss and adds this (a per-batch mean, like each sample's).
+            output["loss"] = term
+            return output
+        labels, num_items = kwargs.get("labels"), kwargs.get("num_items_in_batch")
+        share = 1.0
+        if labels is not None and num_items is not None:
+            # The task loss is a sum over the accumulated batch's label items divided by their count; the term
+            # gets this micro-batch's share of them (counted as the Trainer counts: labels other than -100).
+            share = labels.ne(-100).sum() / torch.as_tensor(num_items, device=labels.device)
+        output["loss"] = output["loss"] + share * term
         return output
 
     # -- Trainer events -----------------------------------------------------------------------------
@@ -197,8 +199,8 @@ class VideoMambaDistillationCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if all(p.grad is None for p in self.head.parameters()):
             raise RuntimeError(
-                "The self-distillation term never reached the loss: the student was called without labels and its "
-                f"loss was computed outside it; add outputs['{AUXILIARY_LOSS_KEY}'] to that loss (per sample)."
+                "The self-distillation term never reached the loss: the student was called without labels and the "
+                "task loss computed outside it; add the student's `outputs.loss` (the term) to it."
             )
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -20,9 +20,6 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback
 from .processors import multi_view_predict, read_video
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".gif")
-# Output key of training terms that forward hooks (self-distillation) add to a model's objective: already in
-# `loss` when the model computed one; a Trainer computing the loss outside the model adds it per sample.
-AUXILIARY_LOSS_KEY = "auxiliary_loss"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -215,8 +212,10 @@ class VideoMambaTrainer(Trainer):
         inputs = {k: v for k, v in inputs.items() if k != "labels"}
         outputs = model(**inputs)
         per_sample = soft_target_cross_entropy(outputs["logits"], labels.to(outputs["logits"].device))
-        if outputs.get(AUXILIARY_LOSS_KEY) is not None:
-            per_sample = per_sample + outputs[AUXILIARY_LOSS_KEY]
+        if outputs.get("loss") is not None:
+            # A loss the model returned without labels (self-distillation's term, a per-batch mean): each sample
+            # carries it, so it is normalised as the task loss is.
+            per_sample = per_sample + outputs["loss"]
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             samples = num_items_in_batch / labels_per_sample
             loss = per_sample.sum() / samples.to(per_sample.device) if torch.is_tensor(samples) else per_sample.sum() / samples
@@ -312,7 +311,6 @@ def load_samples(data_dir=None, dataset_name=None, split="train", label2id=None,
 
 
 __all__ = [
-    "AUXILIARY_LOSS_KEY",
     "DatasetEpochCallback",
     "MixupCutmix",
     "VideoClipDataset",

@@ -101,10 +101,12 @@ def test_callback_on_a_stock_trainer_adds_the_weighted_term_to_the_task_loss(tmp
     with torch.no_grad():
         task_sum = F.cross_entropy(student(batch["pixel_values"]).logits, batch["labels"], reduction="sum")
     torch.testing.assert_close(loss.detach(), task_sum / 6 + 2 / 6 * weight * distill, atol=1e-5, rtol=1e-5)
+    # Without labels the term alone is the loss (for a Trainer that computes the task loss itself).
+    torch.testing.assert_close(student(batch["pixel_values"]).loss.detach(), weight * distill, atol=1e-5, rtol=1e-5)
     # Evaluation forwards carry no term.
     student.eval()
     with torch.no_grad():
-        assert "auxiliary_loss" not in student(**batch)
+        assert student(batch["pixel_values"]).loss is None
 
 
 def _one_update(tmp_path, trainer_class, batch_size, accumulation, **trainer_kwargs):
@@ -170,7 +172,7 @@ def test_training_logs_saves_the_student_alone_and_resumes_the_head(tmp_path):
     # After training no hook is left to run the teacher or keep activations.
     assert not student._forward_hooks and not student.videomamba._forward_hooks
     student.train()
-    assert "auxiliary_loss" not in student(torch.randn(1, 4, 3, 32, 32))
+    assert student(torch.randn(1, 4, 3, 32, 32)).loss is None
 
     trainer.save_model()
     saved = load_file(tmp_path / "model.safetensors")
