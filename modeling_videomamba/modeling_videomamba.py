@@ -616,19 +616,6 @@ class VideoMambaForPreTraining(VideoMambaPreTrainedModel):
         )
         self.post_init()
 
-    def parameters_outside_the_loss(self) -> list:
-        """The backbone parameters no aligned record depends on: with `aligned_feature_source="original"` the
-        last block (its record is the stream entering it) and, when no other record reads it, the final norm.
-        Training freezes them (`VideoMambaPreTrainingTrainer` does): DDP without unused-parameter detection,
-        the Trainer's choice under activation checkpointing, would otherwise wait for their gradients forever."""
-        if self.config.aligned_feature_source != "original":
-            return []
-        backbone = self.videomamba
-        unused = list(backbone.layers[-1].parameters())
-        if self.aligned_layers() == [len(backbone.layers) - 1]:
-            unused += list(backbone.norm_f.parameters())
-        return unused
-
     def aligned_layers(self) -> list:
         """Indices of the aligned blocks, in the order their records come out (ascending)."""
         depth, interval = self.config.num_hidden_layers, self.config.aligned_layer_interval

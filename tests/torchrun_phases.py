@@ -42,22 +42,32 @@ class _Clips(torch.utils.data.Dataset):
         return {"pixel_values": self.pixel_values[index], "labels": int(self.labels[index])}
 
 
-def classification_with_distillation_mixup_and_checkpointing(output, data, teachers):
-    """The script: self-distillation with mixup, activation checkpointing (DDP without unused-parameter search)."""
-    run_video_classification.main([str(arg) for arg in [
-        "--train_dir", data / "train", "--preset", "tiny", "--config_overrides", TINY, "--output_dir", output, "--do_train",
-        "--teacher_model_name_or_path", teachers / "videomamba", "--mixup", "0.8", "--activation_checkpointing", "true", *COMMON,
-    ]])
+def _script(arguments):
+    run_video_classification.main([str(argument) for argument in arguments])
 
 
-def distillation_callback_on_a_stock_trainer(output, data, teachers):
-    """The callback on transformers' Trainer, hard labels, gradient accumulation, DDP searching unused parameters."""
+def classification_with_checkpointing(output, data, teachers):
+    """The script, one epoch with activation checkpointing (DDP then searches no unused parameters)."""
+    _script(["--train_dir", data / "train", "--preset", "tiny", "--config_overrides", TINY, "--output_dir", output,
+             "--do_train", "--activation_checkpointing", "true", *COMMON, "--max_steps", "-1", "--num_train_epochs", "1",
+             "--per_device_train_batch_size", "4"])
+
+
+def distillation_with_mixup_through_the_script(output, data, teachers):
+    """The script with a teacher and mixup (soft labels: the task loss is computed outside the model)."""
+    _script(["--train_dir", data / "train", "--preset", "tiny", "--config_overrides", TINY, "--output_dir", output,
+             "--do_train", "--teacher_model_name_or_path", teachers / "videomamba", "--mixup", "0.8", *COMMON])
+
+
+def distillation_callback_on_a_stock_trainer_with_checkpointing(output, data, teachers):
+    """The callback on transformers' Trainer: hard labels, gradient accumulation, activation checkpointing."""
     torch.manual_seed(0)
     student = VideoMambaForVideoClassification(VideoMambaConfig.from_preset("tiny", **parse_config_overrides(TINY), num_labels=4))
     teacher = VideoMambaForVideoClassification.from_pretrained(teachers / "videomamba")
     args = TrainingArguments(
         output_dir=str(output), per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2, logging_steps=1,
-        report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0, dataloader_num_workers=0,
+        activation_checkpointing=True, report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0,
+        dataloader_num_workers=0,
     )
     trainer = Trainer(model=student, args=args, train_dataset=_Clips(), callbacks=[VideoMambaDistillationCallback(teacher)])
     trainer.train()
@@ -67,7 +77,7 @@ def distillation_callback_on_a_stock_trainer(output, data, teachers):
 
 def pretraining(extra):
     def run(output, data, teachers):
-        run_pretraining.main([str(arg) for arg in [
+        run_pretraining.main([str(argument) for argument in [
             "--train_dir", data / "train", "--teacher_model_name_or_path", teachers / "clip", "--preset", "tiny",
             "--config_overrides", TINY + extra["config"], "--mask_ratio", "0.5", "--output_dir", output,
             "--activation_checkpointing", extra["checkpointing"], *COMMON,
@@ -77,8 +87,9 @@ def pretraining(extra):
 
 
 PHASES = {
-    "classification_distill_mixup_ckpt": classification_with_distillation_mixup_and_checkpointing,
-    "stock_trainer_distill": distillation_callback_on_a_stock_trainer,
+    "classification_ckpt": classification_with_checkpointing,
+    "script_distill_mixup": distillation_with_mixup_through_the_script,
+    "stock_trainer_distill_ckpt": distillation_callback_on_a_stock_trainer_with_checkpointing,
     "pretrain_original": pretraining({"config": "", "checkpointing": "false"}),
     "pretrain_original_ckpt": pretraining({"config": "", "checkpointing": "true"}),
     "pretrain_final_norm_ckpt": pretraining({"config": ",aligned_feature_source=final_norm,num_aligned_layers=2", "checkpointing": "true"}),
