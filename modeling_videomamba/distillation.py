@@ -62,6 +62,12 @@ def teacher_features(teacher: nn.Module, pixel_values: torch.Tensor) -> torch.Te
     return backbone(pixel_values=pixel_values.to(next(backbone.parameters()).dtype), return_dict=True).last_hidden_state
 
 
+def _sharded(args) -> bool:
+    """DeepSpeed and FSDP keep their own flat parameter and gradient copies; the checks on `.grad` and on the
+    optimizer's parameter groups do not apply there."""
+    return bool(args.deepspeed or args.fsdp)
+
+
 class VideoMambaDistillationCallback(TrainerCallback):
     """Self-distillation for any `Trainer`: pass it in `callbacks=[...]` when building the Trainer.
 
@@ -187,7 +193,7 @@ class VideoMambaDistillationCallback(TrainerCallback):
                 "VideoMambaDistillationCallback was not installed on this Trainer's model: pass it in "
                 "Trainer(callbacks=[...]) (or call its install(model)) before train()."
             )
-        if optimizer is not None:
+        if optimizer is not None and not _sharded(args):
             in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
             if not all(id(p) in in_optimizer for p in self.head.parameters()):
                 raise RuntimeError("The optimizer was built before the distillation head was added; let the Trainer build it.")
@@ -197,7 +203,7 @@ class VideoMambaDistillationCallback(TrainerCallback):
         self._distill_sum, self._distill_count = 0.0, 0
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if all(p.grad is None for p in self.head.parameters()):
+        if not _sharded(args) and all(p.grad is None for p in self.head.parameters()):
             raise RuntimeError(
                 "The self-distillation term never reached the loss: the student was called without labels and the "
                 "task loss computed outside it; add the student's `outputs.loss` (the term) to it."
