@@ -285,6 +285,10 @@ class VideoMambaTrainer(Trainer):
         inputs = {k: v for k, v in inputs.items() if k != "labels"}
         outputs = model(**inputs)
         per_sample = soft_target_cross_entropy(outputs["logits"], labels.to(outputs["logits"].device))
+        if outputs.get("loss") is not None:
+            # A loss the model returned without labels (self-distillation's term, a per-batch mean): each sample
+            # carries it, so it is normalised as the task loss is.
+            per_sample = per_sample + outputs["loss"]
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             samples = num_items_in_batch / labels_per_sample
             loss = per_sample.sum() / samples.to(per_sample.device) if torch.is_tensor(samples) else per_sample.sum() / samples

@@ -13,7 +13,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, TrainerCallback, Tra
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForPreTraining, VideoMambaForVideoClassification
 from modeling_videomamba.masking import MASK_TYPES, generate_mask
-from modeling_videomamba.pretraining import VideoMambaPreTrainingTrainer, teacher_targets
+from modeling_videomamba.pretraining import VideoMambaPreTrainingTrainer, parameters_outside_the_loss, teacher_targets
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "trainer_scripts"))
@@ -92,6 +92,22 @@ def test_one_aligned_layer_reads_the_stream_entering_the_last_block_in_original_
             model.videomamba.norm_f.weight.mul_(2.0)
             after = model(pixel_values).aligned_features
         assert (not torch.allclose(before, after, atol=1e-4)) == should_change, source
+
+
+@pytest.mark.parametrize("num_aligned_layers,source", [(1, "original"), (2, "original"), (1, "final_norm"), (2, "final_norm")])
+def test_parameters_outside_the_loss_are_exactly_those_without_a_gradient(tmp_path, num_aligned_layers, source):
+    torch.manual_seed(0)
+    model = VideoMambaForPreTraining(VideoMambaConfig(**TINY, num_aligned_layers=num_aligned_layers, aligned_feature_source=source))
+    mask = generate_mask("random", 2, GRID, 0.5, generator=torch.Generator().manual_seed(1))
+    model(torch.randn(2, 4, 3, 32, 32), mask, teacher_features=torch.randn(2, 1 + 64, 24)).loss.backward()
+    without_gradient = {name for name, p in model.named_parameters() if p.grad is None}
+    outside = {id(p) for p in parameters_outside_the_loss(model)}
+    assert without_gradient == {name for name, p in model.named_parameters() if id(p) in outside}
+    assert bool(without_gradient) == (source == "original")
+    # The pretraining Trainer freezes them (DDP under activation checkpointing needs every trainable one used).
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True)
+    VideoMambaPreTrainingTrainer(model=model, args=args, teacher=_clip_teacher())
+    assert {name for name, p in model.named_parameters() if not p.requires_grad} == without_gradient
 
 
 def test_loss_is_mean_two_minus_two_cosine_with_full_or_visible_targets():

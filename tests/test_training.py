@@ -154,25 +154,6 @@ def test_config_overrides_are_typed():
     }
 
 
-def test_two_processes_train_data_parallel(tmp_path, synthetic_videos):
-    """torchrun --nproc_per_node 2 (gloo on CPU; --use_cpu is what makes accelerate set up MULTI_CPU without
-    a GPU): each step consumes 2 x per-device batch samples."""
-    output = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(SCRIPT),
-        "--train_dir", str(synthetic_videos / "train"), "--preset", "tiny", "--config_overrides", TINY_OVERRIDES,
-        "--output_dir", str(output), "--do_train", "--num_train_epochs", "1", "--save_strategy", "no",
-        "--cache_decoded", "true", "--logging_steps", "1", "--use_cpu", "true", *COMMON,
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    state = json.loads((output / "trainer_state.json").read_text())
-    # 24 clips, 4 per process, 2 processes: 3 steps (one process would take 6).
-    assert state["global_step"] == 3
-    assert (output / "model.safetensors").is_file()
-
-
 # ---------------------------------------------------------------------------------------------------
 # Soft labels and gradient accumulation
 # ---------------------------------------------------------------------------------------------------
@@ -514,3 +495,41 @@ def test_script_help_does_not_import_models_or_datasets():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--num_frames" in result.stdout and "--mask_type" in result.stdout
     assert "HEAVY []" in result.stdout
+def test_two_process_runs(tmp_path, synthetic_videos):
+    """One `torchrun --nproc_per_node 2` (gloo on CPU; --use_cpu is what makes accelerate set up MULTI_CPU
+    without a GPU) runs tests/torchrun_phases.py: classification with activation checkpointing and
+    self-distillation with mixup (the script), the distillation callback on a stock Trainer with activation
+    checkpointing and gradient accumulation, masked pretraining with and without activation checkpointing and
+    with both feature sources. Every saved model loads and runs."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from modeling_videomamba import VideoMambaForPreTraining
+
+    teachers, runs = tmp_path / "teachers", tmp_path / "runs"
+    torch.manual_seed(1)
+    VideoMambaForVideoClassification(VideoMambaConfig(hidden_size=24, image_size=32, patch_size=8, num_frames=4, num_hidden_layers=1, num_labels=4)).save_pretrained(teachers / "videomamba")
+    clip = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    CLIPVisionModel(clip).save_pretrained(teachers / "clip")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "tests" / "torchrun_phases.py"), str(runs), str(synthetic_videos), str(teachers)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+
+    def history(name):
+        return json.loads((runs / name / "trainer_state.json").read_text())
+
+    # 24 clips, 4 per process, 2 processes: 3 steps (one process would take 6).
+    assert history("classification_ckpt")["global_step"] == 3
+    for name in ("script_distill_mixup", "stock_trainer_distill_ckpt"):
+        logged = [entry for entry in history(name)["log_history"] if "loss" in entry]
+        assert len(logged) == 2 and all(0 < entry["distill_loss"] <= 4 for entry in logged), name
+        assert not [key for key in load_file(runs / name / "model.safetensors") if "distill" in key], name
+    clips = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        for name in ("classification_ckpt", "script_distill_mixup", "stock_trainer_distill_ckpt"):
+            assert torch.isfinite(VideoMambaForVideoClassification.from_pretrained(runs / name)(clips).logits).all(), name
+        for name in ("pretrain_original", "pretrain_original_ckpt", "pretrain_final_norm_ckpt"):
+            assert history(name)["global_step"] == 2, name
+            assert torch.isfinite(VideoMambaForPreTraining.from_pretrained(runs / name)(clips).aligned_features).all(), name
+            assert torch.isfinite(VideoMambaForVideoClassification.from_pretrained(runs / name, num_labels=4)(clips).logits).all(), name
