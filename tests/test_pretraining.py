@@ -81,6 +81,44 @@ def test_aligned_features_follow_the_reference_conventions(num_aligned_layers, s
     torch.testing.assert_close(out.aligned_features, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("source", ["original", "final_norm"])
+def test_hidden_states_are_the_visible_tokens_stream_and_change_nothing_else(source):
+    torch.manual_seed(0)
+    model = _perturbed(VideoMambaForPreTraining(VideoMambaConfig(**TINY, num_aligned_layers=2, aligned_feature_source=source)))
+    pixel_values = torch.randn(2, 4, 3, 32, 32)
+    mask = generate_mask("random", 2, GRID, 0.5, generator=torch.Generator().manual_seed(1))
+    teacher = torch.randn(2, 1 + 64, 24)
+    with torch.no_grad():
+        plain = model(pixel_values, mask, teacher_features=teacher)
+        out = model(pixel_values, mask, teacher_features=teacher, output_hidden_states=True)
+        as_tuple = model(pixel_values, mask, teacher_features=teacher, output_hidden_states=True, return_dict=False)
+        # Independently: the visible tokens picked by index, then each block applied in turn.
+        tokens, _ = model.videomamba.embeddings(pixel_values)
+        keep = [[0] + [1 + i for i in range(64) if not mask[b, i]] for b in range(2)]
+        expected = [torch.stack([tokens[b, keep[b]] for b in range(2)])]
+        for layer in model.videomamba.layers:
+            expected.append(layer(expected[-1]))
+    assert plain.hidden_states is None
+    torch.testing.assert_close(out.aligned_features, plain.aligned_features, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, plain.loss, rtol=0, atol=0)
+    assert len(out.hidden_states) == TINY["num_hidden_layers"] + 1
+    for actual, wanted in zip(out.hidden_states, expected):
+        assert actual.shape == (2, 1 + 32, 32)
+        torch.testing.assert_close(actual, wanted, atol=1e-6, rtol=1e-6)
+    assert len(as_tuple) == 4 and all(torch.equal(a, b) for a, b in zip(as_tuple[3], out.hidden_states))
+
+
+def test_hidden_states_without_a_mask_are_the_backbones():
+    torch.manual_seed(0)
+    model = _perturbed(VideoMambaForPreTraining(VideoMambaConfig(**TINY)))
+    pixel_values = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        ours = model(pixel_values, output_hidden_states=True).hidden_states
+        backbone = model.videomamba(pixel_values, output_hidden_states=True).hidden_states
+    for actual, wanted in zip(ours, backbone, strict=True):
+        torch.testing.assert_close(actual, wanted, rtol=0, atol=0)
+
+
 def test_one_aligned_layer_reads_the_stream_entering_the_last_block_in_original_mode():
     torch.manual_seed(0)
     pixel_values = torch.randn(1, 4, 3, 32, 32)
