@@ -96,20 +96,45 @@ def video_text_similarity(video_embeds: torch.Tensor, text_embeds: torch.Tensor)
     return torch.einsum("vtd,nd->vtn", video_embeds.to(dtype), text_embeds.to(dtype)).mean(1)
 
 
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` (local batch first axis) from every process, keeping the autograd graph.
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every process's gradient of the gathered tensor and keeps the local slice.
 
-    The backward of `torch.distributed.nn.all_gather` sums every process's gradient into each local slice, so
-    once DDP averages the parameter gradients they equal those of one process running the global batch.
-    Outside a multi-process run the tensor is returned as is.
+    Written with all_reduce, which every backend has (gloo has no reduce-scatter, which
+    `torch.distributed.nn.all_gather` needs to be right there).
+    """
+
+    @staticmethod
+    def forward(ctx, tensor):
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        ctx.rank, ctx.size = rank, tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` (local batch first axis, the same size in every process) from every process, keeping
+    the autograd graph.
+
+    The backward sums every process's gradient into each local slice, so once DDP averages the parameter
+    gradients they equal those of one process running the global batch. Outside a multi-process run the tensor
+    is returned as is.
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return tensor
     if torch.distributed.get_world_size() == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    if not tensor.requires_grad:
+        parts = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+    return _GatherWithGrad.apply(tensor)
 
 
 def _positives(video_ids: torch.Tensor, size: int, device) -> torch.Tensor:
