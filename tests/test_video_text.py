@@ -385,3 +385,40 @@ def test_contrastive_loss_across_processes_equals_one_process_on_the_global_batc
         torch.testing.assert_close(result["loss"], loss.detach())
         for name, parameter in model.named_parameters():
             torch.testing.assert_close(result["grads"][name], parameter.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_config_validation_and_pooling_modes():
+    with pytest.raises(ValueError, match=r"fusion_layer must be an integer in \[0, 2\)"):
+        tiny_config().__class__(text_config=BertConfig(num_hidden_layers=2), fusion_layer=2)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        tiny_config(pooling="max")
+    pixel_values = torch.randn(2, 2, 3, 16, 16)
+    torch.manual_seed(0)
+    model = VideoMambaVideoTextModel(tiny_config()).eval()
+    with torch.no_grad():
+        hidden = model.vision_model(pixel_values).last_hidden_state
+        cls, frames = hidden[:, :1], hidden[:, 1:].reshape(2, 2, 4, 16).mean(2)
+        for pooling, expected in (("cls", cls), ("avg", frames), ("cls+avg", cls + frames)):
+            model.config.pooling = pooling
+            embeds = model.get_video_features(pixel_values)
+            torch.testing.assert_close(embeds, F.normalize(model.vision_proj(model.pool_norm(expected)), dim=-1))
+        with pytest.raises(ValueError, match=r"pixel_values must be \(videos, frames"):
+            model.get_video_features(pixel_values[0])
+        with pytest.raises(ValueError, match="Pass exactly one of pixel_values and video_tokens"):
+            model.video_text_matching(input_ids=torch.ones(1, 3, dtype=torch.long))
+
+
+def test_half_precision_and_gradient_checkpointing_run(converted_dir, original):
+    bf16 = VideoMambaVideoTextModel.from_pretrained(converted_dir, dtype=torch.bfloat16).eval()
+    assert bf16.vision_model.layers[0].mixer.A_log.dtype == torch.float32 and bf16.itm_head.weight.dtype == torch.bfloat16
+    inputs = (original["pixel_values"], original["input_ids"], original["attention_mask"])
+    with torch.no_grad():
+        out = bf16(*inputs)
+        torch.testing.assert_close(out.logits_per_video * bf16.temp.float(), original["sim_v2t"], atol=0.05, rtol=0)
+        assert bf16.video_text_matching(*inputs).shape == (3, 4, 2)
+    torch.manual_seed(0)
+    model = VideoMambaVideoTextModel(tiny_config(hard_negatives=False)).train()
+    model.activation_checkpointing_enable()
+    loss = model(torch.randn(3, 2, 3, 16, 16), torch.randint(1, 30, (3, 5)), torch.ones(3, 5, dtype=torch.long), return_loss=True).loss
+    loss.backward()
+    assert model.text_model.encoder.layer[1].crossattention.self.value.weight.grad is not None
