@@ -369,7 +369,7 @@ def test_contrastive_loss_across_processes_equals_one_process_on_the_global_batc
     torch.save(data, tmp_path / "data.pt")
     (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(tmp_path / "ddp.py"), str(tmp_path / "data.pt"), str(tmp_path / "out")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -114,7 +114,7 @@ def test_two_processes_train_with_the_gathered_loss(retrieval_setup, tmp_path):
     output = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537", str(SCRIPT),
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
         "--model_name_or_path", str(root / "model"), "--train_file", str(small), "--output_dir", str(output), "--do_train",
         "--num_train_epochs", "1", "--logging_steps", "1", "--use_cpu", "true", *COMMON,
     ]
