@@ -148,6 +148,29 @@ def test_keep_temporal_false_and_vision_only(original):
         torch.testing.assert_close(tower(original["pixel_values"]).last_hidden_state, original["vision_last_hidden_state"], **TOLERANCE)
 
 
+def test_released_layout_bf16_with_clip_teacher_and_the_zero_shot_renaming_convert(original, caplog):
+    """As a released file: bf16 tensors and a `clip_teacher.*` tower; also the zero-shot layout (`text_encoder.X`,
+    no MLM head). Unknown keys stop the conversion."""
+    import logging
+
+    bert = original["model_config"]["bert_config_json"]
+    released = {key: value.bfloat16() if value.is_floating_point() else value for key, value in original["state_dict"].items()}
+    released["clip_teacher.transformer.resblocks.0.attn.in_proj_weight"] = torch.zeros(6, 2, dtype=torch.bfloat16)
+    with caplog.at_level(logging.WARNING, logger="modeling_videomamba.convert_original_checkpoint"):
+        model = convert_original_checkpoint({"model": released}, text_config=bert)
+    assert "CLIP teacher of the pre-training" in caplog.text and "masked-language-model head" in caplog.text
+    assert model.itm_head.weight.dtype == torch.float32
+    torch.testing.assert_close(model.itm_head.weight, original["state_dict"]["itm_head.weight"].bfloat16().float())
+    zero_shot = {key.replace("text_encoder.bert.", "text_encoder."): value for key, value in original["state_dict"].items()
+                 if not key.startswith("text_encoder.cls.")}
+    model = convert_original_checkpoint(zero_shot, text_config=bert)
+    with torch.no_grad():
+        logits = model(original["pixel_values"], original["input_ids"], original["attention_mask"]).logits_per_video
+    torch.testing.assert_close(logits * model.temp.detach(), original["sim_v2t"], **TOLERANCE)
+    with pytest.raises(ValueError, match=r"unexpected keys \(1\): \['extra_head.weight'\]"):
+        convert_original_checkpoint(dict(zero_shot, **{"extra_head.weight": torch.zeros(2)}), text_config=bert)
+
+
 def test_text_config_contradicting_the_tensors_is_refused(original, tmp_path):
     bert = dict(original["model_config"]["bert_config_json"], intermediate_size=128)
     with pytest.raises(ValueError, match="intermediate_size: config 128, tensors 96"):
