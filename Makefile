@@ -8,7 +8,8 @@ $(PY):
 	$(PY) -m pip install --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test]"
+	# the triton extra lets the tests run the Triton scan's kernels on CPU (its interpreter)
+	$(PY) -m pip install -e ".[test,triton]"
 	touch $(PY)
 
 .PHONY: setup test demo

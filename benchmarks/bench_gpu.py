@@ -2,12 +2,14 @@
 
 Needs a CUDA device; mamba-ssm and causal-conv1d for VideoMamba's kernels (see benchmarks/README.md
 for an offline build). Before timing, it checks the scans on the GPU against the plain recurrence
-(`selective_scan_reference`, fp32): "cuda" (mamba-ssm) and "fast" must agree within 1e-4 and 1e-5
-relative. The models and their configs are those of bench_models.py; times are medians of CUDA-synced
-calls, memory is torch.cuda.max_memory_allocated beyond the weights and input.
+(`selective_scan_reference`, fp32): "cuda" (mamba-ssm), "triton" (when installed) and "fast" must
+agree within 1e-4, 1e-4 and 1e-5 relative. The models and their configs are those of bench_models.py
+(VideoMamba's scan from --scan: "auto" takes mamba-ssm, else Triton, else "fast"); times are medians
+of CUDA-synced calls, memory is torch.cuda.max_memory_allocated beyond the weights and input.
 
     python benchmarks/bench_gpu.py                               # frames 8 16 32 64, forward + train
     python benchmarks/bench_gpu.py --frames 8 16 --repeats 10 --modes forward
+    python benchmarks/bench_gpu.py --scan triton                 # VideoMamba on the Triton scan
 """
 
 import argparse
@@ -22,7 +24,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_models import MODELS, MODES, build_model  # noqa: E402
 from timing import max_relative_error, print_table, summary, time_call  # noqa: E402
 
-from modeling_videomamba.selective_scan import cuda_kernels_available, selective_scan, selective_scan_reference  # noqa: E402
+from modeling_videomamba.selective_scan import (  # noqa: E402
+    cuda_kernels_available,
+    selective_scan,
+    selective_scan_reference,
+    triton_available,
+)
 
 
 def check_scans(length=1569, dim=768, state=16):
@@ -44,7 +51,9 @@ def check_scans(length=1569, dim=768, state=16):
     if cuda_kernels_available():
         limits["cuda"] = 1e-4
     else:
-        print("note: mamba-ssm is not installed; only the fast scan is checked (VideoMamba runs 'fast')")
+        print("note: mamba-ssm is not installed; it is not checked")
+    if triton_available():
+        limits["triton"] = 1e-4
     for implementation, limit in limits.items():
         actual = selective_scan(**on_gpu, delta_softplus=True, implementation=implementation).cpu()
         error = max_relative_error(actual, expected)
@@ -53,9 +62,9 @@ def check_scans(length=1569, dim=768, state=16):
             raise SystemExit(f"scan {implementation!r} differs from the reference by {error:.2e} > {limit:.0e}")
 
 
-def measure(name, frames, mode, repeats, dtype):
+def measure(name, frames, mode, repeats, dtype, scan="auto"):
     torch.manual_seed(0)
-    model = build_model(name, frames).to(device="cuda", dtype=dtype)
+    model = build_model(name, frames, scan).to(device="cuda", dtype=dtype)
     pixel_values = torch.randn(1, frames, 3, 224, 224, device="cuda", dtype=dtype)
     if mode == "train-ckpt":
         model.gradient_checkpointing_enable()
@@ -86,19 +95,20 @@ def main():
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--scan", default="auto", choices=["auto", "cuda", "triton", "fast"], help="VideoMamba's scan")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA device and none is visible here; on CPU run benchmarks/bench_models.py.")
     dtype = getattr(torch, args.dtype)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}, "
-          f"mamba-ssm kernels: {cuda_kernels_available()}")
+          f"mamba-ssm kernels: {cuda_kernels_available()}, triton: {triton_available()}, VideoMamba scan: {args.scan}")
     check_scans()
     for mode in args.modes:
         rows, base = [], {}
         for name in args.models:
             for frames in args.frames:
                 try:
-                    (median, low, high), peak = measure(name, frames, mode, args.repeats, dtype)
+                    (median, low, high), peak = measure(name, frames, mode, args.repeats, dtype, args.scan)
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     rows.append([name, frames, "OOM", "-", "-", "-", "-"])

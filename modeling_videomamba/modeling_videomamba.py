@@ -266,7 +266,7 @@ class VideoMambaMixer(nn.Module):
         return u, delta, B.transpose(1, 2), C.transpose(1, 2)
 
     def _forward_tokens_first(self, hidden_states: torch.Tensor, implementation: str = "fast") -> torch.Tensor:
-        """The "fast" and "native" path: the same computation kept in (B, L, channels) layout, both directions at once.
+        """The "fast", "native" and "triton" path: the same computation in (B, L, channels) layout, both directions at once.
 
         Channels [:inner] are the forward direction, [inner:] the backward one on the flipped sequence.
         Both directions share the gate silu(z), so it is applied once, after flipping back and summing.
@@ -301,7 +301,7 @@ class VideoMambaMixer(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, L, hidden_size) -> (B, L, hidden_size), in the compute dtype."""
         implementation = resolve_implementation(self.config.scan_implementation, hidden_states.device)
-        if implementation in ("fast", "native"):
+        if implementation in ("fast", "native", "triton"):
             return self._forward_tokens_first(hidden_states, implementation)
         use_kernel = implementation == "cuda"
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, inner, L) each

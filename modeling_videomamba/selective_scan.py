@@ -24,11 +24,15 @@ back in the dtype of `u`. Implementations:
   bias, softplus and D fused in, threads over batch x channels, its own adjoint backward), built on
   first use; see `native_scan`. When it cannot be built, one warning is issued and "fast" is used instead.
 - "cuda": mamba-ssm's fused kernel, imported lazily (optional extra `pip install .[cuda]`).
+- "triton": the "fast" layout computed by Triton kernels (CUDA tensors; no compiled extension to
+  build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`.
 
-"auto" picks "cuda" on CUDA devices with mamba-ssm, else "native" on CPU when the kernel is built or
-builds now (once per process; VIDEOMAMBA_NATIVE_SCAN=0 turns this off), else "fast".
+"auto" picks "cuda" on CUDA devices with mamba-ssm, else "triton" on CUDA devices with Triton, else
+"native" on CPU when the kernel is built or builds now (once per process; VIDEOMAMBA_NATIVE_SCAN=0
+turns this off), else "fast".
 """
 
+import functools
 import importlib.util
 import math
 
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 
 from .native_scan import NativeScan, native_scan_available
 
-IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda")
+IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda", "triton")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -207,11 +211,15 @@ def selective_scan_tokens_first(
 
     u, delta, z : (batch, L, dim)      A : (dim, N)      B, C : (batch, L, groups, N)
     D, delta_bias : (dim,). Returns (y (batch, L, dim) in u's dtype, last state (batch, dim, N)).
-    `implementation` is "fast" (pure PyTorch) or "native" (the compiled CPU kernel; "fast" with one
-    warning when it cannot be built).
+    `implementation` is "fast" (pure PyTorch), "native" (the compiled CPU kernel; "fast" with one
+    warning when it cannot be built) or "triton" (the Triton kernels, CUDA tensors; see `triton_scan`).
     """
-    if implementation not in ("fast", "native"):
-        raise ValueError(f"selective_scan_tokens_first supports 'fast' and 'native'; got {implementation!r}.")
+    if implementation not in ("fast", "native", "triton"):
+        raise ValueError(f"selective_scan_tokens_first supports 'fast', 'native' and 'triton'; got {implementation!r}.")
+    if implementation == "triton":
+        from .triton_scan import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if implementation == "native" and u.device.type != "cpu":
         raise ValueError(f"scan_implementation='native' is a CPU kernel; got tensors on {u.device}.")
     out_dtype = u.dtype
@@ -258,8 +266,8 @@ def selective_scan_fast(
     """The selective scan as an exact blocked sequential scan with its own memory-light backward.
 
     Same contract and results as `selective_scan_reference` (shapes in the module docstring): a
-    layout change around `selective_scan_tokens_first`, whose `implementation` ("fast" or "native")
-    it passes on.
+    layout change around `selective_scan_tokens_first`, whose `implementation` ("fast", "native" or
+    "triton") it passes on.
     """
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
@@ -284,6 +292,18 @@ def cuda_kernels_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("mamba_ssm") is not None
 
 
+@functools.cache
+def triton_available() -> bool:
+    """Whether the Triton scan can run here: Triton imports and a CUDA device is present (probed once)."""
+    if not torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton.language  # noqa: F401
+    except Exception:  # a broken install must not break "auto"; it falls back to the PyTorch scans
+        return False
+    return True
+
+
 def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -306,6 +326,8 @@ def resolve_implementation(implementation: str, device: torch.device) -> str:
     if implementation == "auto":
         if device.type == "cuda" and cuda_kernels_available():
             return "cuda"
+        if device.type == "cuda" and triton_available():
+            return "triton"
         return "native" if device.type == "cpu" and native_scan_available() else "fast"
     if implementation == "native" and device.type == "cpu" and not native_scan_available():
         return "fast"  # native_scan_available() has warned once
@@ -354,7 +376,7 @@ def selective_scan(
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if implementation == "cuda":
         return _selective_scan_cuda(*args)
-    if implementation in ("fast", "native"):
+    if implementation in ("fast", "native", "triton"):
         return selective_scan_fast(*args, implementation=implementation)
     return selective_scan_reference(*args)
 
@@ -399,4 +421,5 @@ __all__ = [
     "causal_conv1d_tokens_first",
     "cuda_kernels_available",
     "native_scan_available",
+    "triton_available",
 ]

@@ -9,7 +9,8 @@ import torch
 from transformers import Trainer
 
 from .modeling_videomamba_video_text import video_text_similarity
-from .training_utils import DatasetEpochCallback, VideoClipDataset
+from .processors import undecoded_videos, video_cell_source
+from .training_utils import DatasetEpochCallback, VideoClipDataset, _load_dataset_split
 from .video_text_retrieval import rerank_with_matching, retrieval_metrics
 
 logger = logging.getLogger(__name__)
@@ -18,9 +19,10 @@ CAPTION_FILE_TYPES = {".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 
 def load_caption_samples(data_file=None, dataset_name=None, split="train", video_column="video", caption_column="caption"):
-    """[(video path, caption)] from a CSV / JSON / JSON-lines file (relative video paths are taken relative to the
-    file's folder) or a `datasets` dataset (`video_column` holds paths or {"path": ...}). A video may appear in
-    several rows, one per caption."""
+    """[(video, caption)] from a CSV / JSON / JSON-lines file of video paths (relative ones are taken relative to
+    the file's folder) or a `datasets` dataset (a Hub name, local folder or `save_to_disk` folder) whose
+    `video_column` holds paths or `Video` cells (read undecoded: a path, or the encoded bytes). A video may appear
+    in several rows, one per caption."""
     import datasets
 
     if data_file:
@@ -32,16 +34,17 @@ def load_caption_samples(data_file=None, dataset_name=None, split="train", video
             raise ValueError(f"Caption file {str(path)!r}: expected one of {sorted(CAPTION_FILE_TYPES)}.")
         dataset, root, name = datasets.load_dataset(kind, data_files=str(path), split="train"), path.parent, str(path)
     elif dataset_name:
-        dataset, root, name = datasets.load_dataset(dataset_name, split=split), None, dataset_name
+        dataset, root, name = _load_dataset_split(dataset_name, split), None, dataset_name
     else:
         raise ValueError("Give a caption file (--train_file/--validation_file) or --dataset_name.")
     for column in (video_column, caption_column):
         if column not in dataset.column_names:
             raise ValueError(f"{name} has no column {column!r}; its columns are {dataset.column_names}.")
     samples = []
+    dataset = undecoded_videos(dataset, video_column)
     for video, caption in zip(dataset[video_column], dataset[caption_column]):
-        video = video["path"] if isinstance(video, dict) else str(video)
-        if root is not None and not Path(video).is_absolute():
+        video = video_cell_source(video)
+        if root is not None and isinstance(video, str) and not Path(video).is_absolute():
             video = str(root / video)
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"{name}: the caption of {video!r} is empty or not text ({caption!r}).")
@@ -60,7 +63,7 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples, processor, train: bool, cache: bool = False, seed: int = 0):
-        paths = list(dict.fromkeys(path for path, _ in samples))
+        paths = list(dict.fromkeys(path for path, _ in samples))  # a path or the encoded bytes of a video
         index = {path: i for i, path in enumerate(paths)}
         self.videos, self.captions = paths, [caption for _, caption in samples]
         self.text_to_video = [index[path] for path, _ in samples]

@@ -1,6 +1,6 @@
 """Video decoding, video and image processors and processor for VideoMamba (installed as `modeling_videomamba.processors`)."""
 
-from .datasets_videomamba import dataset_video_transform
+from .datasets_videomamba import dataset_video_transform, undecoded_videos, video_cell_source
 from .image_processing_videomamba import VideoMambaImageProcessor
 from .multi_view import multi_view_predict
 from .processing_videomamba import VideoMambaProcessor
@@ -30,4 +30,6 @@ __all__ = [
     "sample_frame_indices",
     "segment_indices",
     "stride_indices",
+    "undecoded_videos",
+    "video_cell_source",
 ]

@@ -225,7 +225,7 @@ def test_selective_scan_rejects_bad_shapes(expected_message, inputs, implementat
 
 def test_selective_scan_rejects_unknown_implementation():
     with pytest.raises(ValueError, match="expected one of"):
-        selective_scan(**make_inputs(1, 4, 3, 2, None), implementation="triton")
+        selective_scan(**make_inputs(1, 4, 3, 2, None), implementation="flash")
 
 
 @pytest.mark.gpu

@@ -60,6 +60,11 @@ def test_caption_files_resolve_relative_paths_and_reject_bad_input(retrieval_set
     root, train, _ = retrieval_setup
     samples = load_caption_samples(train)
     assert len(samples) == 2 * 24 and all(Path(path).is_file() for path, _ in samples)
+    import datasets
+
+    rows = {"video": [path for path, _ in samples[:4]], "caption": [caption for _, caption in samples[:4]]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "saved"))
+    assert load_caption_samples(dataset_name=str(tmp_path / "saved"), split="train") == samples[:4]
     (tmp_path / "bad.csv").write_text("clip,text\nx.mp4,hello\n")
     with pytest.raises(ValueError, match="no column 'video'"):
         load_caption_samples(tmp_path / "bad.csv")

@@ -21,25 +21,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import BertTokenizer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
-from transformers.utils import VIDEO_PROCESSOR_NAME
+# Only what parsing needs (TrainingArguments brings torch): models, the Trainer and datasets load in `main`,
+# so --help and argument errors answer quickly.
+from script_utils import parse_script_arguments
+from transformers import TrainingArguments
 
 # The script runs from a checkout too, where the package is beside this folder.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modeling_videomamba import (  # noqa: E402
-    VideoMambaVideoProcessor,
-    VideoMambaVideoTextModel,
-    VideoMambaVideoTextProcessor,
-)
-from modeling_videomamba.training_utils import parse_script_arguments  # noqa: E402
-from modeling_videomamba.video_text_training import (  # noqa: E402
-    VideoCaptionCollator,
-    VideoCaptionDataset,
-    VideoTextRetrievalTrainer,
-    load_caption_samples,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +55,11 @@ class DataTrainingArguments:
 
 def build_processor(model, model_args):
     """The saved video processor (or one matching the model's video config) and the BERT tokenizer."""
+    from transformers import BertTokenizer
+    from transformers.utils import VIDEO_PROCESSOR_NAME
+
+    from modeling_videomamba import VideoMambaVideoProcessor, VideoMambaVideoTextProcessor
+
     directory = model_args.model_name_or_path
     if os.path.isfile(os.path.join(directory, VIDEO_PROCESSOR_NAME)):
         video_processor = VideoMambaVideoProcessor.from_pretrained(directory)
@@ -79,6 +72,19 @@ def build_processor(model, model_args):
 def main(argv=None):
     model_args, data_args, training_args = parse_script_arguments((ModelArguments, DataTrainingArguments, TrainingArguments), argv)
     logger.setLevel(training_args.get_process_log_level())
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from modeling_videomamba import VideoMambaVideoProcessor, VideoMambaVideoTextModel
+    from modeling_videomamba.training_utils import pin_memory_only_with_accelerator
+    from modeling_videomamba.video_text_training import (
+        VideoCaptionCollator,
+        VideoCaptionDataset,
+        VideoTextRetrievalTrainer,
+        load_caption_samples,
+    )
+
+    pin_memory_only_with_accelerator(training_args)
     # Captions are tokenised by the collator: the Trainer must not drop the "caption" field beforehand.
     training_args.remove_unused_columns = False
 
