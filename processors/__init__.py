@@ -4,6 +4,7 @@ from .datasets_videomamba import dataset_video_transform, undecoded_videos, vide
 from .image_processing_videomamba import VideoMambaImageProcessor
 from .multi_view import multi_view_predict
 from .processing_videomamba import VideoMambaProcessor
+from .processing_videomamba_video_text import VideoMambaVideoTextProcessor
 from .video_decoding import (
     VideoDecodingError,
     VideoDecodingWarning,
@@ -22,6 +23,7 @@ __all__ = [
     "VideoMambaImageProcessor",
     "VideoMambaProcessor",
     "VideoMambaVideoProcessor",
+    "VideoMambaVideoTextProcessor",
     "dataset_video_transform",
     "multi_view_predict",
     "read_video",

@@ -490,11 +490,11 @@ def test_script_help_does_not_import_models_or_datasets():
         "heavy = [name for name in ('modeling_videomamba', 'datasets', 'transformers.trainer', 'transformers.modeling_utils') if name in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
-    scripts = [str(SCRIPT), str(REPO / "trainer_scripts" / "run_pretraining.py")]
+    scripts = [str(SCRIPT), str(REPO / "trainer_scripts" / "run_pretraining.py"), str(REPO / "trainer_scripts" / "run_video_text_retrieval.py")]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code, *scripts], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "--num_frames" in result.stdout and "--mask_type" in result.stdout
+    assert "--num_frames" in result.stdout and "--mask_type" in result.stdout and "--rerank_k" in result.stdout
     assert "HEAVY []" in result.stdout
 def test_two_process_runs(tmp_path, synthetic_videos):
     """One `torchrun --nproc_per_node 2` (gloo on CPU; --use_cpu is what makes accelerate set up MULTI_CPU
