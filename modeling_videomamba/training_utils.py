@@ -240,11 +240,11 @@ class VideoMambaTrainer(Trainer):
     """`Trainer` whose loss is right for soft labels (mixup / cutmix / label smoothing).
 
     The stock Trainer sees that our models' `forward` takes `**kwargs`, so it expects the model to
-    normalise the loss by `num_items_in_batch` and skips the division by the gradient-accumulation steps;
-    but soft (B, C) float labels make transformers' loss pick a multi-label BCE that ignores
-    `num_items_in_batch`. Here soft labels get the soft-target cross entropy, summed and divided by the
-    number of samples in the whole accumulated (and, across processes, gathered) batch: exactly the
-    normalisation hard labels receive.
+    normalise the loss by `num_items_in_batch` and skips the division by the gradient-accumulation steps.
+    The model does so for labels as the Trainer counted them, but `batch_mixer` turns (B,) class ids,
+    counted one item per sample, into (B, C) soft labels inside this method. Here soft labels get the
+    soft-target cross entropy, summed and divided by the number of samples in the whole accumulated (and,
+    across processes, gathered) batch: exactly the normalisation hard labels receive.
 
     `batch_mixer` (e.g. `MixupCutmix`) mixes training batches only, never evaluation ones; it is called as
     `batch_mixer(batch, generator=...)` with an `np.random.Generator` seeded by (`args.seed`,
