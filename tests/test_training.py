@@ -343,6 +343,8 @@ def test_num_frames_adapts_a_model_saved_at_another_length(tmp_path, synthetic_v
     torch.manual_seed(0)
     config = VideoMambaConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_labels=4, dt_init="mamba")
     VideoMambaForVideoClassification(config).save_pretrained(tmp_path / "four_frames")
+    # The model's own processor, with a normalisation of its own that fine-tuning must keep.
+    VideoMambaVideoProcessor(num_frames=4, size=32, crop_size=32, image_mean=[0.5] * 3, image_std=[0.25] * 3).save_pretrained(tmp_path / "four_frames")
     output = tmp_path / "eight_frames"
     _run_script([
         "--model_name_or_path", tmp_path / "four_frames", "--num_frames", "8",
@@ -354,6 +356,7 @@ def test_num_frames_adapts_a_model_saved_at_another_length(tmp_path, synthetic_v
     assert model.config.num_frames == 8 and model.videomamba.embeddings.temporal_position_embeddings.shape == (1, 8, 32)
     processor = VideoMambaVideoProcessor.from_pretrained(output)
     assert processor.num_frames == 8
+    assert list(processor.image_mean) == [0.5] * 3 and list(processor.image_std) == [0.25] * 3
     path = next((synthetic_videos / "validation").glob("*/*.mp4"))
     pixel_values = processor(str(path), return_tensors="pt")["pixel_values"]
     assert pixel_values.shape == (1, 8, 3, 32, 32)

@@ -82,6 +82,23 @@ def _subsample(samples, count, seed):
     return random.Random(seed).sample(samples, count)
 
 
+def build_video_processor(model_name_or_path, config, data_args):
+    """The processor saved with the model (its normalisation, resize and sampling choices) when there is one,
+    else one built from the config; either way sampling the model's frames at its size, with the training
+    options of this run."""
+    from modeling_videomamba import VideoMambaVideoProcessor
+
+    options = {"train_crop_scale": (data_args.crop_min_scale, 1.0), "train_flip": data_args.horizontal_flip}
+    saved_config = model_name_or_path and os.path.join(model_name_or_path, "video_preprocessor_config.json")
+    if not (saved_config and os.path.isfile(saved_config)):
+        return VideoMambaVideoProcessor.from_model_config(config, **options)
+    saved = VideoMambaVideoProcessor.from_pretrained(model_name_or_path).to_dict()
+    if saved["crop_size"] != {"height": config.image_size, "width": config.image_size}:
+        # --image_size changed the model: resize as for a new model rather than keep the old resize.
+        saved.update(size=config.image_size, crop_size=config.image_size)
+    return VideoMambaVideoProcessor(**{**saved, "num_frames": config.num_frames, **options})
+
+
 def build_model(model_args, data_args, num_labels, label2id):
     """The classifier to train, at the clip length and frame size asked for (`--num_frames`, `--image_size`)."""
     from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification
@@ -148,11 +165,7 @@ def main(argv=None):
 
     model = build_model(model_args, data_args, len(label2id), label2id)
     config = model.config
-    processor = VideoMambaVideoProcessor.from_model_config(
-        config,
-        train_crop_scale=(data_args.crop_min_scale, 1.0),
-        train_flip=data_args.horizontal_flip,
-    )
+    processor = build_video_processor(model_args.model_name_or_path, config, data_args)
     eval_processor = processor
     if data_args.num_eval_views > 1:
         eval_processor = VideoMambaVideoProcessor(**{**processor.to_dict(), "num_temporal_clips": data_args.num_eval_views})
