@@ -2,10 +2,11 @@
 
 Importing the package registers the model with the Auto classes (AutoConfig, AutoModel,
 AutoModelForVideoClassification, AutoModelForImageClassification, AutoVideoProcessor, AutoImageProcessor,
-AutoProcessor).
+AutoProcessor), and the video-text model (AutoConfig, AutoModel, AutoProcessor).
 """
 
 from .configuration_videomamba import VideoMambaConfig
+from .configuration_videomamba_video_text import VideoMambaVideoTextConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
     VideoMambaForPreTraining,
@@ -14,12 +15,14 @@ from .modeling_videomamba import (
     VideoMambaModelOutput,
     VideoMambaPreTrainedModel,
 )
+from .modeling_videomamba_video_text import VideoMambaVideoTextModel, VideoMambaVideoTextOutput
 from .processors import (
     VideoDecodingError,
     VideoDecodingWarning,
     VideoMambaImageProcessor,
     VideoMambaProcessor,
     VideoMambaVideoProcessor,
+    VideoMambaVideoTextProcessor,
     dataset_video_transform,
     multi_view_predict,
     read_video,
@@ -37,6 +40,10 @@ __all__ = [
     "VideoMambaForVideoClassification",
     "VideoMambaForImageClassification",
     "VideoMambaForPreTraining",
+    "VideoMambaVideoTextConfig",
+    "VideoMambaVideoTextModel",
+    "VideoMambaVideoTextOutput",
+    "VideoMambaVideoTextProcessor",
     "selective_scan",
     "selective_scan_reference",
     "causal_conv1d",

@@ -1,9 +1,10 @@
 """Video decoding, video and image processors and processor for VideoMamba (installed as `modeling_videomamba.processors`)."""
 
-from .datasets_videomamba import dataset_video_transform
+from .datasets_videomamba import dataset_video_transform, undecoded_videos, video_cell_source
 from .image_processing_videomamba import VideoMambaImageProcessor
 from .multi_view import multi_view_predict
 from .processing_videomamba import VideoMambaProcessor
+from .processing_videomamba_video_text import VideoMambaVideoTextProcessor
 from .video_decoding import (
     VideoDecodingError,
     VideoDecodingWarning,
@@ -22,10 +23,13 @@ __all__ = [
     "VideoMambaImageProcessor",
     "VideoMambaProcessor",
     "VideoMambaVideoProcessor",
+    "VideoMambaVideoTextProcessor",
     "dataset_video_transform",
     "multi_view_predict",
     "read_video",
     "sample_frame_indices",
     "segment_indices",
     "stride_indices",
+    "undecoded_videos",
+    "video_cell_source",
 ]
