@@ -56,9 +56,13 @@ class VideoMambaConfig(PreTrainedConfig):
         hidden_dropout_prob (`float`, *optional*, defaults to 0.0): Dropout on the embeddings.
         classifier_dropout (`float`, *optional*, defaults to 0.0): Dropout before a classification head.
         initializer_range (`float`, *optional*, defaults to 0.02): Std of the truncated-normal init.
-        dt_init (`str`, *optional*, defaults to `"original"`): `"original"` reproduces VideoMamba's init
-            (zero step-size bias); `"mamba"` uses Mamba's inverse-softplus step-size bias, better
-            behaved when training from scratch.
+        dt_init (`str`, *optional*, defaults to `"mamba"`): Initialisation of the mixers' fresh weights (loaded
+            weights are never touched, so converted checkpoints compute the same either way). `"mamba"`
+            (Mamba's own init: fan-in uniform `in_proj` / `x_proj`, step sizes log-uniform in
+            [`time_step_min`, `time_step_max`] through an inverse-softplus bias) learns from scratch;
+            `"original"` is VideoMamba's (every Linear truncated-normal with std `initializer_range`, zero
+            step-size bias, so every step size is softplus(0) = 0.69 and the cls token, first in the scan,
+            starts out seeing only the first few patches of the first frame).
         time_step_min, time_step_max (`float`): Range of initial step sizes for `dt_init="mamba"`.
         scan_implementation (`str`, *optional*, defaults to `"auto"`): Selective scan used by the mixers:
             `"reference"` (the plain sequential recurrence), `"fast"` (exact blocked pure-PyTorch scan),
@@ -108,7 +112,7 @@ class VideoMambaConfig(PreTrainedConfig):
         hidden_dropout_prob=0.0,
         classifier_dropout=0.0,
         initializer_range=0.02,
-        dt_init="original",
+        dt_init="mamba",
         time_step_min=0.001,
         time_step_max=0.1,
         scan_implementation="auto",

@@ -377,7 +377,11 @@ class VideoMambaPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """The original VideoMamba initialisation (optionally Mamba's step-size bias, `dt_init="mamba"`)."""
+        """Initialise fresh weights: VideoMamba's recipe, with Mamba's mixer init under `dt_init="mamba"` (the default).
+
+        Only fresh weights see this; loaded checkpoints keep their values, so the choice never changes
+        what a converted model computes.
+        """
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
@@ -400,6 +404,7 @@ class VideoMambaPreTrainedModel(PreTrainedModel):
             if module.is_video:
                 init.zeros_(module.temporal_position_embeddings)
         elif isinstance(module, VideoMambaMixer):
+            # Runs after the mixer's own Linear children (`apply` visits children first), so it may override them.
             log_a = torch.log(torch.arange(1, module.state_size + 1, dtype=torch.float32)).repeat(module.intermediate_size, 1)
             init.copy_(module.A_log, log_a)
             init.copy_(module.A_b_log, log_a)
@@ -409,13 +414,23 @@ class VideoMambaPreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
             init.copy_(module.out_proj.weight, module.out_proj.weight / math.sqrt(self.config.num_hidden_layers))
             if self.config.dt_init == "mamba":
-                self._init_mamba_time_step(module)
+                self._init_mamba_mixer(module)
         elif isinstance(module, VideoMambaForPreTraining):
             # Not saved: models are built on the meta device when loaded, so the table is rebuilt here.
             init.copy_(module.position_table, module.build_position_table())
 
-    def _init_mamba_time_step(self, mixer: VideoMambaMixer):
-        """Mamba's step-size init: dt ~ logUniform[min, max], bias = softplus^{-1}(dt)."""
+    def _init_mamba_mixer(self, mixer: VideoMambaMixer):
+        """Mamba's mixer init, which VideoMamba's blanket std-0.02 Linear init overwrites.
+
+        - in_proj and x_proj keep PyTorch's fan-in uniform init (std 1/sqrt(3 fan_in)): at small widths std 0.02
+          makes B, C and the gate so small that the scan barely mixes tokens at first.
+        - Step size dt ~ logUniform[time_step_min, time_step_max] through an inverse-softplus bias (dt_proj
+          weight uniform in +-rank^-0.5): slow channels remember the whole clip, whereas the original's zero
+          bias gives dt = softplus(0) = 0.69, a decay of at most 0.5 per token, so the cls token (first in
+          the sequence) sees only a few neighbouring patches of the first frame.
+        """
+        for projection in (mixer.in_proj, mixer.x_proj, mixer.x_proj_b):
+            init.kaiming_uniform_(projection.weight, a=math.sqrt(5))
         low, high = math.log(self.config.time_step_min), math.log(self.config.time_step_max)
         bound = mixer.time_step_rank**-0.5
         for projection in (mixer.dt_proj, mixer.dt_proj_b):

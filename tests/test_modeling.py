@@ -279,7 +279,7 @@ def test_layer_norm_variant():
 
 def test_original_initialisation():
     torch.manual_seed(0)
-    config = tiny_config(num_hidden_layers=4)
+    config = tiny_config(num_hidden_layers=4, dt_init="original")
     model = VideoMambaForVideoClassification(config)
     mixer = model.videomamba.layers[1].mixer
     expected_a = torch.log(torch.arange(1, 17, dtype=torch.float32)).expand(config.intermediate_size, 16)
@@ -298,12 +298,42 @@ def test_original_initialisation():
     assert torch.all(model.classifier.bias == 0)
 
 
-def test_mamba_time_step_init_puts_softplus_of_bias_in_range():
-    config = tiny_config(dt_init="mamba", time_step_min=0.001, time_step_max=0.1)
+def test_mamba_initialisation_is_the_default_and_follows_mamba():
+    config = tiny_config(time_step_min=0.001, time_step_max=0.1)
+    assert config.dt_init == "mamba"
     mixer = VideoMambaModel(config).layers[0].mixer
     for bias in (mixer.dt_proj.bias, mixer.dt_proj_b.bias):
         dt = torch.nn.functional.softplus(bias)
         assert dt.min() >= 0.001 - 1e-6 and dt.max() <= 0.1 + 1e-6
+    # PyTorch's fan-in uniform bound 1/sqrt(fan_in), not VideoMamba's std 0.02.
+    for projection in (mixer.in_proj, mixer.x_proj, mixer.x_proj_b):
+        bound = 1 / math.sqrt(projection.in_features)
+        assert 0.9 * bound < projection.weight.abs().max() <= bound + 1e-6
+    for projection in (mixer.dt_proj, mixer.dt_proj_b):
+        assert projection.weight.abs().max() <= config.time_step_rank**-0.5 + 1e-6
+
+
+def test_fresh_cls_token_sees_every_frame_with_the_default_init():
+    """What the head reads (the cls token, first in the scan) must depend on the whole clip from the start.
+
+    With VideoMamba's original init every step size is softplus(0) = 0.69, so a token's state decays by at
+    least half per token and, in the default spatial-first order, the cls output ignores all but the first
+    few patches of the first frame: its gradient with respect to later frames vanishes (about 1e-37 of the
+    first frame's for the last of 8 frames here, against about 5e-4 with Mamba's init).
+    """
+
+    def per_frame_gradient(**init):
+        torch.manual_seed(0)
+        config = tiny_config(num_frames=8, hidden_size=64, **init)
+        model = VideoMambaModel(config).eval()
+        clip = video(frames=8).requires_grad_(True)
+        readout = model(clip).pooler_output @ torch.randn(config.hidden_size, generator=torch.Generator().manual_seed(1))
+        (grad,) = torch.autograd.grad(readout.sum(), clip)
+        return grad.abs().mean((0, 2, 3, 4))  # (frames,)
+
+    default, original = per_frame_gradient(), per_frame_gradient(dt_init="original")
+    assert default[-1] > 1e-4 * default.max()  # the last frame reaches the head
+    assert original[-1] < 1e-9 * original.max()  # the original init: it does not
 
 
 def test_drop_path_is_stochastic_in_training_only():

@@ -312,6 +312,9 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     ])
     printed = capsys.readouterr().out
     assert "frame-averaging baseline" in printed and "pipeline on" in printed
+    assert f"saved in {(tmp_path / 'model').resolve()}" in printed
+    table = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert len(table) == 5 and len({len(line) for line in table}) == 1  # header, rule, three rows, aligned
     assert 0.0 <= result["eval_accuracy"] <= 1.0 and 0.0 <= result["baseline_accuracy"] <= 1.0
     assert len(list((tmp_path / "data" / "validation").glob("*/*.mp4"))) == 8
 
