@@ -13,10 +13,12 @@ from test_selective_scan import (
     CASES,
     OPTIONAL,
     assert_close_relative,
+    assert_compiled_model_matches_eager,
     assert_matches_reference,
     assert_model_matches_reference_scan,
     make_inputs,
     outputs_and_grads,
+    tokens_first_core_inputs,
 )
 
 from modeling_videomamba import native_scan
@@ -111,6 +113,21 @@ def test_native_forward_without_grad_keeps_no_checkpoints(built):
 
 def test_native_model_matches_reference(built):
     assert_model_matches_reference_scan("native")
+
+
+def test_native_compiles_without_graph_breaks_and_matches_eager(built):
+    assert_compiled_model_matches_eager("native")
+
+
+@pytest.mark.parametrize("softplus", [False, True])
+def test_native_custom_op_registrations(built, softplus):
+    # opcheck: the schema, the fake (shape) implementation and the autograd registration agree with the op.
+    u, delta, A, B, C = tokens_first_core_inputs()
+    D, bias = (torch.randn(8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    torch.library.opcheck(native_scan.native_scan_forward, (u, delta, A, B, C, D, bias, softplus, 4))
+    # Without a gradient to compute no checkpoints are kept (checkpoint_every=0).
+    detached = [tensor.detach() for tensor in (u, delta, A, B, C)]
+    torch.library.opcheck(native_scan.native_scan_forward, (*detached, None, None, softplus, 0))
 
 
 def test_auto_picks_native_on_cpu_when_built(built):
