@@ -75,6 +75,19 @@ def test_native_wide_channels_several_tiles(built):
     assert_matches_reference(native, inputs, OPTIONAL, True, True)
 
 
+@pytest.mark.parametrize("dim", [74, 8], ids=["more-tiles-than-threads", "fewer-tiles-than-threads"])
+def test_native_backward_partial_sums_over_threads(built, dim):
+    # grad_B/grad_C are summed from per-thread slices (3 tiles per group, 2 threads) or per-tile ones
+    # (1 tile, 2 threads); either way every channel's contribution is counted once.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inputs = make_inputs(3, dim, 40, 16, 2, seed=6)
+        assert_matches_reference(native, inputs, OPTIONAL, True, True)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_native_float64_gradcheck(built, monkeypatch):
     monkeypatch.setattr(native_scan, "CHECKPOINT_EVERY", 3)
     inputs = make_inputs(2, 4, 7, 2, 2, dtype=torch.float64, seed=3)
