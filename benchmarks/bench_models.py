@@ -20,7 +20,7 @@ steadier on a shared machine); ratios and per-frame growth use the wall-time med
 Modes: "forward" (no_grad inference), "train" (forward + backward of the mean of the output) and
 "train-ckpt" (the same with model.gradient_checkpointing_enable()). With --compile every VideoMamba
 scan is also measured under torch.compile(model) (inductor; the warm-up call compiles). With --plot DIR
-one PNG per mode is written: CPU time and peak memory against frames, one line per model (needs
+one PNG per mode is written (scaling_<mode>.png; scaling_<mode>_bfloat16.png with --dtype bfloat16): CPU time and peak memory against frames, one line per model (needs
 matplotlib, the optional `bench` extra).
 
     # quick (about a minute on 2 cores)
@@ -107,7 +107,8 @@ def peak_rss() -> int:
 
 
 def measure(
-    name: str, frames: int, mode: str, repeats: int, threads: int, scan: str = "auto", compiled: bool = False
+    name: str, frames: int, mode: str, repeats: int, threads: int, scan: str = "auto", compiled: bool = False,
+    dtype: str = "float32",
 ) -> dict:
     """Runs in the child process: times and peak memory of one (model, frames, mode)."""
     import torch
@@ -117,8 +118,9 @@ def measure(
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(name, frames, scan)
-    pixel_values = torch.randn(1, frames, 3, 224, 224)
+    # bfloat16 casts the weights and the input; VideoMamba's scans still keep their state in fp32.
+    model = build_model(name, frames, scan).to(getattr(torch, dtype))
+    pixel_values = torch.randn(1, frames, 3, 224, 224, dtype=getattr(torch, dtype))
     if mode == "train-ckpt":
         model.gradient_checkpointing_enable()
         model.train()  # transformers only checkpoints in training mode; dropout rates are all 0 here
@@ -143,10 +145,10 @@ def measure(
     return {"median_s": median, "min_s": low, "max_s": high, "cpu_s": summary(cpu_times)[0], "peak_mb": peak_mb}
 
 
-def run_child(name, frames, mode, repeats, threads, timeout, scan="auto", compiled=False):
+def run_child(name, frames, mode, repeats, threads, timeout, scan="auto", compiled=False, dtype="float32"):
     command = [
         sys.executable, os.path.abspath(__file__), "--child", name, str(frames), mode, str(repeats), str(threads), scan,
-        str(int(compiled)),
+        str(int(compiled)), dtype,
     ]
     try:
         # A fixed mmap threshold makes glibc hand every large freed tensor back to the OS, so the
@@ -177,8 +179,8 @@ def profile_videomamba(frames: int, threads: int, scan: str = "auto"):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        name, frames, mode, repeats, threads, scan, compiled = sys.argv[2:9]
-        print(json.dumps(measure(name, int(frames), mode, int(repeats), int(threads), scan, compiled == "1")))
+        name, frames, mode, repeats, threads, scan, compiled, dtype = sys.argv[2:10]
+        print(json.dumps(measure(name, int(frames), mode, int(repeats), int(threads), scan, compiled == "1", dtype)))
         return
     from timing import print_table
 
@@ -192,6 +194,10 @@ def main():
     parser.add_argument(
         "--scans", nargs="+", default=["auto"], choices=["auto", "fast", "native", "reference"],
         help="VideoMamba scan implementations to compare (one row each; the first is the ratios' base)",
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"],
+        help="weights and input dtype of every model (VideoMamba's scan state stays fp32)",
     )
     parser.add_argument("--compile", action="store_true", help="also measure VideoMamba under torch.compile")
     parser.add_argument("--plot", metavar="DIR", help="write scaling_<mode>.png (time and memory vs frames) here")
@@ -220,7 +226,7 @@ def main():
     for mode in args.modes:
         results = {
             (model, scan, compiled, frames): run_child(
-                model, frames, mode, args.repeats, args.threads, args.timeout, scan, compiled
+                model, frames, mode, args.repeats, args.threads, args.timeout, scan, compiled, args.dtype
             )
             for model, scan, compiled in variants
             for frames in args.frames
@@ -242,9 +248,9 @@ def main():
             ])
         header = ["model", "frames", "median s", "min s", "max s", "cpu median s", f"time vs videomamba ({args.scans[0]})",
                   f"per-frame cost vs {args.frames[0]} frames", "peak MB"]
-        print_table(f"mode: {mode} (batch 1, 224x224)", header, rows)
+        print_table(f"mode: {mode} (batch 1, 224x224, {args.dtype})", header, rows)
         if args.plot:
-            path = plot_scaling(results, mode, args.plot, args.threads or torch.get_num_threads())
+            path = plot_scaling(results, mode, args.plot, args.threads or torch.get_num_threads(), args.dtype)
             print(f"wrote {path}")
 
 
@@ -254,7 +260,7 @@ def variant_label(model: str, scan: str, compiled: bool) -> str:
     return f"{model} ({scan}{', compiled' if compiled else ''})"
 
 
-def plot_scaling(results: dict, mode: str, directory: str, threads: int) -> str:
+def plot_scaling(results: dict, mode: str, directory: str, threads: int, dtype: str = "float32") -> str:
     """A PNG like the VideoMamba paper's Figure 1: CPU time and peak memory against frames, one line per variant.
 
     `results` maps (model, scan, compiled, frames) to a measurement; failed measurements are left out.
@@ -285,9 +291,9 @@ def plot_scaling(results: dict, mode: str, directory: str, threads: int) -> str:
         axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         axis.grid(True, which="both", alpha=0.3)
     time_axis.legend(fontsize=8)
-    figure.suptitle(f"{mode}: fp32, {threads} torch thread(s), random weights (benchmarks/bench_models.py)")
+    figure.suptitle(f"{mode}: {dtype}, {threads} torch thread(s), random weights (benchmarks/bench_models.py)")
     figure.tight_layout()
-    path = os.path.join(directory, f"scaling_{mode}.png")
+    path = os.path.join(directory, f"scaling_{mode}.png" if dtype == "float32" else f"scaling_{mode}_{dtype}.png")
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path

@@ -1,4 +1,4 @@
-"""The optional compiled CPU selective scan ("native"): building, loading and its autograd Function.
+"""The optional compiled CPU selective scan ("native"): building, loading and its custom ops (with autograd).
 
 The C++ source ships as package data (csrc/selective_scan_cpu.cpp) and is compiled on first use by
 `torch.utils.cpp_extension.load` into the torch extensions cache (~/.cache/torch_extensions, or

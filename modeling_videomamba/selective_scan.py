@@ -27,6 +27,9 @@ back in the dtype of `u`. Implementations:
 - "triton": the "fast" layout computed by Triton kernels (CUDA tensors; no compiled extension to
   build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`.
 
+"fast" and "native" are torch.library custom ops (forward and backward), so torch.compile keeps each
+scan as one graph node (no graph break, no unrolled token loop) and fuses the element-wise ops around it.
+
 "auto" picks "cuda" on CUDA devices with mamba-ssm, else "triton" on CUDA devices with Triton, else
 "native" on CPU when the kernel is built or builds now (once per process; VIDEOMAMBA_NATIVE_SCAN=0
 turns this off), else "fast".
