@@ -15,7 +15,8 @@ call, the peak RSS is reset (/proc/self/clear_refs) and the peak is its growth o
 above the RSS just before them, i.e. the activations, gradients and workspace beyond the weights and
 the input (glibc is told to return large frees to the OS so that the baseline is fair). Times are
 medians of --repeats calls after the warm-up call (wall time, and the process's CPU time, which is
-steadier on a shared machine); ratios and per-frame growth use the wall-time medians.
+steadier on a shared machine); ratios and per-frame growth use the wall-time medians, and a second
+ratio column the CPU-time ones.
 
 Modes: "forward" (no_grad inference), "train" (forward + backward of the mean of the output) and
 "train-ckpt" (the same with model.gradient_checkpointing_enable()). With --compile every VideoMamba
@@ -235,18 +236,20 @@ def main():
         for (model, scan, compiled, frames), result in results.items():
             label = variant_label(model, scan, compiled)
             if "error" in result:
-                rows.append([label, frames, "-", "-", "-", "-", "-", "-", result["error"]])
+                rows.append([label, frames, "-", "-", "-", "-", "-", "-", "-", result["error"]])
                 continue
             base = results.get(base_variant + (frames,), {})
             first = results.get((model, scan, compiled, args.frames[0]), {})
             ratio = f"{result['median_s'] / base['median_s']:.2f}x" if "median_s" in base else "-"
+            cpu_ratio = f"{result['cpu_s'] / base['cpu_s']:.2f}x" if "cpu_s" in base else "-"
             # Cost per frame relative to the smallest frame count: 1.0 = linear in frames.
             growth = (result["median_s"] / frames) / (first["median_s"] / args.frames[0]) if "median_s" in first else float("nan")
             rows.append([
                 label, frames, f"{result['median_s']:.3f}", f"{result['min_s']:.3f}", f"{result['max_s']:.3f}",
-                f"{result['cpu_s']:.3f}", ratio, f"{growth:.2f}", f"{result['peak_mb']:.0f}",
+                f"{result['cpu_s']:.3f}", ratio, cpu_ratio, f"{growth:.2f}", f"{result['peak_mb']:.0f}",
             ])
         header = ["model", "frames", "median s", "min s", "max s", "cpu median s", f"time vs videomamba ({args.scans[0]})",
+                  "cpu time vs it",
                   f"per-frame cost vs {args.frames[0]} frames", "peak MB"]
         print_table(f"mode: {mode} (batch 1, 224x224, {args.dtype})", header, rows)
         if args.plot:
