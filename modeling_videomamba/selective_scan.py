@@ -453,12 +453,14 @@ def causal_conv1d_tokens_first(x: torch.Tensor, weight: torch.Tensor, bias: torc
     (batch, dim, L) and back around F.conv1d.
     """
     kernel = weight.shape[-1]
-    last = weight[:, -1]
-    out = x * last if bias is None else torch.addcmul(bias, x, last)
+    # Contiguous (dim,) tap vectors: broadcasting a strided column of weight made each multiply-add
+    # about 3x slower (measured at (1, 1569, 768)).
+    taps = weight.t().contiguous()
+    out = x * taps[-1] if bias is None else torch.addcmul(bias, x, taps[-1])
     for tap in range(kernel - 1):
         shift = kernel - 1 - tap  # this tap reads x[t - shift]
         if shift < x.shape[1]:
-            out[:, shift:].addcmul_(x[:, :-shift], weight[:, tap])
+            out[:, shift:].addcmul_(x[:, :-shift], taps[tap])
     return F.silu(out)
 
 
