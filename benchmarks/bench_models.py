@@ -21,8 +21,9 @@ ratio column the CPU-time ones.
 Modes: "forward" (no_grad inference), "train" (forward + backward of the mean of the output) and
 "train-ckpt" (the same with model.gradient_checkpointing_enable()). With --compile every VideoMamba
 scan is also measured under torch.compile(model) (inductor; the warm-up call compiles). With --plot DIR
-one PNG per mode is written (scaling_<mode>.png; scaling_<mode>_bfloat16.png with --dtype bfloat16): CPU time and peak memory against frames, one line per model (needs
-matplotlib, the optional `bench` extra).
+one PNG per mode is written (scaling_<mode>.png, or scaling_<mode>_bfloat16.png with --dtype bfloat16):
+CPU time and peak memory against frames, one line per model (needs matplotlib, the optional `bench`
+extra).
 
     # quick (about a minute on 2 cores)
     python benchmarks/bench_models.py --frames 8 --repeats 1 --modes forward
@@ -249,8 +250,7 @@ def main():
                 f"{result['cpu_s']:.3f}", ratio, cpu_ratio, f"{growth:.2f}", f"{result['peak_mb']:.0f}",
             ])
         header = ["model", "frames", "median s", "min s", "max s", "cpu median s", f"time vs videomamba ({args.scans[0]})",
-                  "cpu time vs it",
-                  f"per-frame cost vs {args.frames[0]} frames", "peak MB"]
+                  "cpu time vs it", f"per-frame cost vs {args.frames[0]} frames", "peak MB"]
         print_table(f"mode: {mode} (batch 1, 224x224, {args.dtype})", header, rows)
         if args.plot:
             path = plot_scaling(results, mode, args.plot, args.threads or torch.get_num_threads(), args.dtype)
