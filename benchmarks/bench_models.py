@@ -15,10 +15,15 @@ call, the peak RSS is reset (/proc/self/clear_refs) and the peak is its growth o
 above the RSS just before them, i.e. the activations, gradients and workspace beyond the weights and
 the input (glibc is told to return large frees to the OS so that the baseline is fair). Times are
 medians of --repeats calls after the warm-up call (wall time, and the process's CPU time, which is
-steadier on a shared machine); ratios and per-frame growth use the wall-time medians.
+steadier on a shared machine); ratios and per-frame growth use the wall-time medians, and a second
+ratio column the CPU-time ones.
 
 Modes: "forward" (no_grad inference), "train" (forward + backward of the mean of the output) and
-"train-ckpt" (the same with model.gradient_checkpointing_enable()).
+"train-ckpt" (the same with model.gradient_checkpointing_enable()). With --compile every VideoMamba
+scan is also measured under torch.compile(model) (inductor; the warm-up call compiles). With --plot DIR
+one PNG per mode is written (scaling_<mode>.png, or scaling_<mode>_bfloat16.png with --dtype bfloat16):
+CPU time and peak memory against frames, one line per model (needs matplotlib, the optional `bench`
+extra).
 
     # quick (about a minute on 2 cores)
     python benchmarks/bench_models.py --frames 8 --repeats 1 --modes forward
@@ -28,6 +33,8 @@ Modes: "forward" (no_grad inference), "train" (forward + backward of the mean of
     python benchmarks/bench_models.py --models videomamba videomae --scans native fast --modes forward --threads 1
     # profile one VideoMamba forward (top operators)
     python benchmarks/bench_models.py --profile --frames 8
+    # eager against torch.compile, and the scaling plots
+    python benchmarks/bench_models.py --frames 8 16 32 --modes forward --compile --threads 1 --plot benchmarks
 """
 
 import argparse
@@ -109,7 +116,10 @@ def peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(name: str, frames: int, mode: str, repeats: int, threads: int, scan: str = "auto") -> dict:
+def measure(
+    name: str, frames: int, mode: str, repeats: int, threads: int, scan: str = "auto", compiled: bool = False,
+    dtype: str = "float32",
+) -> dict:
     """Runs in the child process: times and peak memory of one (model, frames, mode)."""
     import torch
 
@@ -118,18 +128,20 @@ def measure(name: str, frames: int, mode: str, repeats: int, threads: int, scan:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(name, frames, scan)
-    pixel_values = torch.randn(1, frames, 3, 224, 224)
+    # bfloat16 casts the weights and the input; VideoMamba's scans still keep their state in fp32.
+    model = build_model(name, frames, scan).to(getattr(torch, dtype))
+    pixel_values = torch.randn(1, frames, 3, 224, 224, dtype=getattr(torch, dtype))
     if mode == "train-ckpt":
         model.gradient_checkpointing_enable()
         model.train()  # transformers only checkpoints in training mode; dropout rates are all 0 here
+    run = torch.compile(model) if compiled else model
 
     def step():
         if mode == "forward":
             with torch.no_grad():
-                model(pixel_values)
+                run(pixel_values)
         else:
-            model(pixel_values).last_hidden_state.mean().backward()
+            run(pixel_values).last_hidden_state.mean().backward()
             model.zero_grad(set_to_none=True)
 
     # The warm-up call pages in the kernels' code and the allocator's pools, which are not the
@@ -143,9 +155,10 @@ def measure(name: str, frames: int, mode: str, repeats: int, threads: int, scan:
     return {"median_s": median, "min_s": low, "max_s": high, "cpu_s": summary(cpu_times)[0], "peak_mb": peak_mb}
 
 
-def run_child(name, frames, mode, repeats, threads, timeout, scan="auto"):
+def run_child(name, frames, mode, repeats, threads, timeout, scan="auto", compiled=False, dtype="float32"):
     command = [
         sys.executable, os.path.abspath(__file__), "--child", name, str(frames), mode, str(repeats), str(threads), scan,
+        str(int(compiled)), dtype,
     ]
     try:
         # A fixed mmap threshold makes glibc hand every large freed tensor back to the OS, so the
@@ -176,8 +189,8 @@ def profile_videomamba(frames: int, threads: int, scan: str = "auto"):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        name, frames, mode, repeats, threads, scan = sys.argv[2:8]
-        print(json.dumps(measure(name, int(frames), mode, int(repeats), int(threads), scan)))
+        name, frames, mode, repeats, threads, scan, compiled, dtype = sys.argv[2:10]
+        print(json.dumps(measure(name, int(frames), mode, int(repeats), int(threads), scan, compiled == "1", dtype)))
         return
     from timing import print_table
 
@@ -192,6 +205,12 @@ def main():
         "--scans", nargs="+", default=["auto"], choices=["auto", "fast", "native", "reference"],
         help="VideoMamba scan implementations to compare (one row each; the first is the ratios' base)",
     )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"],
+        help="weights and input dtype of every model (VideoMamba's scan state stays fp32)",
+    )
+    parser.add_argument("--compile", action="store_true", help="also measure VideoMamba under torch.compile")
+    parser.add_argument("--plot", metavar="DIR", help="write scaling_<mode>.png (time and memory vs frames) here")
     parser.add_argument("--profile", action="store_true", help="profile one VideoMamba forward and exit")
     args = parser.parse_args()
     if args.profile:
@@ -202,37 +221,93 @@ def main():
         from modeling_videomamba.native_scan import load_native_scan
 
         print(f"native scan: {'available' if load_native_scan() is not None else 'unavailable (fast is used)'}")
-    # (model, scan) pairs: VideoMamba once per scan, the transformers once.
-    variants = [(model, scan) for model in args.models for scan in (args.scans if model == "videomamba" else ["-"])]
-    base_variant = ("videomamba", args.scans[0])
+    # (model, scan, compiled): VideoMamba once per scan (and compiled too with --compile), the transformers once.
+    variants = [
+        (model, scan, compiled)
+        for model in args.models
+        for scan in (args.scans if model == "videomamba" else ["-"])
+        for compiled in ((False, True) if args.compile and model == "videomamba" else (False,))
+    ]
+    base_variant = ("videomamba", args.scans[0], False)
 
     import torch
 
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}")
     for mode in args.modes:
         results = {
-            (model, scan, frames): run_child(model, frames, mode, args.repeats, args.threads, args.timeout, scan)
-            for model, scan in variants
+            (model, scan, compiled, frames): run_child(
+                model, frames, mode, args.repeats, args.threads, args.timeout, scan, compiled, args.dtype
+            )
+            for model, scan, compiled in variants
             for frames in args.frames
         }
         rows = []
-        for (model, scan, frames), result in results.items():
-            label = model if scan == "-" else f"{model} ({scan})"
+        for (model, scan, compiled, frames), result in results.items():
+            label = variant_label(model, scan, compiled)
             if "error" in result:
-                rows.append([label, frames, "-", "-", "-", "-", "-", "-", result["error"]])
+                rows.append([label, frames, "-", "-", "-", "-", "-", "-", "-", result["error"]])
                 continue
             base = results.get(base_variant + (frames,), {})
-            first = results.get((model, scan, args.frames[0]), {})
+            first = results.get((model, scan, compiled, args.frames[0]), {})
             ratio = f"{result['median_s'] / base['median_s']:.2f}x" if "median_s" in base else "-"
+            cpu_ratio = f"{result['cpu_s'] / base['cpu_s']:.2f}x" if "cpu_s" in base else "-"
             # Cost per frame relative to the smallest frame count: 1.0 = linear in frames.
             growth = (result["median_s"] / frames) / (first["median_s"] / args.frames[0]) if "median_s" in first else float("nan")
             rows.append([
                 label, frames, f"{result['median_s']:.3f}", f"{result['min_s']:.3f}", f"{result['max_s']:.3f}",
-                f"{result['cpu_s']:.3f}", ratio, f"{growth:.2f}", f"{result['peak_mb']:.0f}",
+                f"{result['cpu_s']:.3f}", ratio, cpu_ratio, f"{growth:.2f}", f"{result['peak_mb']:.0f}",
             ])
         header = ["model", "frames", "median s", "min s", "max s", "cpu median s", f"time vs videomamba ({args.scans[0]})",
-                  f"per-frame cost vs {args.frames[0]} frames", "peak MB"]
-        print_table(f"mode: {mode} (batch 1, 224x224)", header, rows)
+                  "cpu time vs it", f"per-frame cost vs {args.frames[0]} frames", "peak MB"]
+        print_table(f"mode: {mode} (batch 1, 224x224, {args.dtype})", header, rows)
+        if args.plot:
+            path = plot_scaling(results, mode, args.plot, args.threads or torch.get_num_threads(), args.dtype)
+            print(f"wrote {path}")
+
+
+def variant_label(model: str, scan: str, compiled: bool) -> str:
+    if scan == "-":
+        return model
+    return f"{model} ({scan}{', compiled' if compiled else ''})"
+
+
+def plot_scaling(results: dict, mode: str, directory: str, threads: int, dtype: str = "float32") -> str:
+    """A PNG like the VideoMamba paper's Figure 1: CPU time and peak memory against frames, one line per variant.
+
+    `results` maps (model, scan, compiled, frames) to a measurement; failed measurements are left out.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError("--plot needs matplotlib: `pip install matplotlib` (or the `bench` extra)") from error
+    lines = {}
+    for (model, scan, compiled, frames), result in results.items():
+        if "error" not in result:
+            lines.setdefault(variant_label(model, scan, compiled), []).append((frames, result))
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, points in lines.items():
+        frames = [frame for frame, _ in points]
+        style = dict(marker="o", label=label, linestyle="--" if "compiled" in label else "-")
+        time_axis.plot(frames, [result["cpu_s"] for _, result in points], **style)
+        memory_axis.plot(frames, [result["peak_mb"] / 1024 for _, result in points], **style)
+    for axis, ylabel in ((time_axis, "CPU time per clip (s)"), (memory_axis, "peak memory (GiB)")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("frames (224x224, batch 1)")
+        axis.set_ylabel(ylabel)
+        axis.set_xticks(sorted({frames for *_, frames in results}))
+        axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.grid(True, which="both", alpha=0.3)
+    time_axis.legend(fontsize=8)
+    figure.suptitle(f"{mode}: {dtype}, {threads} torch thread(s), random weights (benchmarks/bench_models.py)")
+    figure.tight_layout()
+    path = os.path.join(directory, f"scaling_{mode}.png" if dtype == "float32" else f"scaling_{mode}_{dtype}.png")
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
 
 
 if __name__ == "__main__":

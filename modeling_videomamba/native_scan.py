@@ -1,4 +1,4 @@
-"""The optional compiled CPU selective scan ("native"): building, loading and its autograd Function.
+"""The optional compiled CPU selective scan ("native"): building, loading and its custom ops (with autograd).
 
 The C++ source ships as package data (csrc/selective_scan_cpu.cpp) and is compiled on first use by
 `torch.utils.cpp_extension.load` into the torch extensions cache (~/.cache/torch_extensions, or
@@ -28,6 +28,7 @@ import sysconfig
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 from transformers.utils import logging
@@ -287,46 +288,130 @@ def native_scan_available() -> bool:
     return load_native_scan() is not None
 
 
-class NativeScan(torch.autograd.Function):
-    """The compiled recurrence in `_BlockedScan`'s layout, with the step-size bias, softplus and D fused:
+# ----------------------------------------------------------------------------------------------------
+# The kernel as torch.library custom ops: torch.compile sees one opaque node per call (with a fake
+# implementation for shapes) instead of breaking the graph at a Python autograd.Function.
+# ----------------------------------------------------------------------------------------------------
+
+
+def op_namespace(module_name: str) -> str:
+    """A torch.library namespace unique to one import of a module.
+
+    trust_remote_code imports a second copy of this package under another name; ops are registered
+    once per namespace, so each copy gets its own.
+    """
+    return "videomamba_" + "".join(char if char.isalnum() else "_" for char in module_name)
+
+
+_NAMESPACE = op_namespace(__name__)
+
+
+@torch.library.custom_op(f"{_NAMESPACE}::native_scan_forward", mutates_args=())
+def native_scan_forward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor],
+    delta_bias: Optional[torch.Tensor],
+    delta_softplus: bool,
+    checkpoint_every: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y, last state and the checkpoints of `native_scan` (checkpoint_every=0: none are kept, shape (0,))."""
+    module = load_native_scan()
+    if module is None:
+        raise RuntimeError("the native selective scan is not available; check native_scan_available() first")
+    empty = u.new_empty(0)
+    D, delta_bias = (empty if tensor is None else tensor for tensor in (D, delta_bias))
+    save = checkpoint_every > 0
+    y, last_state, checkpoints = module.forward(
+        u, delta, A, B, C, D, delta_bias, delta_softplus, save, checkpoint_every if save else 1
+    )
+    return y, last_state, checkpoints
+
+
+@native_scan_forward.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, checkpoint_every):
+    batch, length, groups, dg = u.shape
+    state_shape = (batch, groups, A.shape[1], dg)
+    blocks = (length + checkpoint_every - 1) // checkpoint_every if checkpoint_every > 0 else 0
+    checkpoints = u.new_empty((blocks,) + state_shape) if checkpoint_every > 0 else u.new_empty(0)
+    return u.new_empty(u.shape), u.new_empty(state_shape), checkpoints
+
+
+@torch.library.custom_op(f"{_NAMESPACE}::native_scan_backward", mutates_args=())
+def native_scan_backward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor],
+    delta_bias: Optional[torch.Tensor],
+    delta_softplus: bool,
+    checkpoints: torch.Tensor,
+    grad_y: torch.Tensor,
+    grad_last_state: torch.Tensor,
+    checkpoint_every: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """grad_u, grad_delta (with respect to the raw delta), grad_A, grad_B, grad_C of `native_scan`."""
+    empty = u.new_empty(0)
+    D, delta_bias = (empty if tensor is None else tensor for tensor in (D, delta_bias))
+    return tuple(
+        load_native_scan().backward(
+            u, delta, A, B, C, D, delta_bias, delta_softplus, checkpoints, grad_y.contiguous(),
+            grad_last_state.contiguous(), checkpoint_every,
+        )
+    )
+
+
+@native_scan_backward.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, checkpoints, grad_y, grad_last_state, checkpoint_every):
+    return tuple(tensor.new_empty(tensor.shape) for tensor in (u, delta, A, B, C))
+
+
+def _native_setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, delta_softplus, checkpoint_every = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[2])
+    ctx.delta_softplus, ctx.checkpoint_every = delta_softplus, checkpoint_every
+
+
+def _native_backward(ctx, grad_y, grad_last_state, _grad_checkpoints):
+    u, delta, A, B, C, D, delta_bias, checkpoints = ctx.saved_tensors
+    if ctx.checkpoint_every <= 0:
+        raise RuntimeError("native_scan: the forward ran without checkpoints (checkpoint_every=0); cannot backward")
+    if grad_y is None:
+        grad_y = torch.zeros_like(u)
+    if grad_last_state is None:
+        grad_last_state = u.new_zeros(u.shape[0], u.shape[2], A.shape[1], u.shape[3])
+    grad_u, grad_delta, grad_A, grad_B, grad_C = native_scan_backward(
+        u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, checkpoints, grad_y, grad_last_state,
+        ctx.checkpoint_every,
+    )
+    # D and delta_bias act per channel at every (batch, token): their gradients are sums over both.
+    grad_D = (grad_y * u).sum((0, 1)).flatten() if D is not None and ctx.needs_input_grad[5] else None
+    grad_bias = grad_delta.sum((0, 1)).flatten() if delta_bias is not None and ctx.needs_input_grad[6] else None
+    return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_bias, None, None
+
+
+native_scan_forward.register_autograd(_native_backward, setup_context=_native_setup_context)
+
+
+def native_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
+    """The compiled recurrence in the fast scan's token-major layout, with the step-size bias, softplus and D fused:
 
         u, delta : (batch, L, groups, dg)     A : (groups, N, dg)     B, C : (batch, L, groups, N)
         D, delta_bias : (groups * dg,) or None      delta_softplus : bool
     delta_t <- softplus(delta_t + delta_bias); s_t = exp(delta_t A) s_{t-1} + delta_t u_t B_t;
     y_t = <s_t, C_t> + D u_t. Returns y (batch, L, groups, dg) and the last state (batch, groups, N, dg);
     all float32 or float64, contiguous, on CPU. The backward is the reverse-time adjoint recurrence,
-    recomputing each block's states from checkpoints kept every CHECKPOINT_EVERY tokens.
+    recomputing each block's states from checkpoints kept every CHECKPOINT_EVERY tokens (kept only
+    when a gradient is needed).
     """
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
-        module = load_native_scan()
-        if module is None:
-            raise RuntimeError("the native selective scan is not available; check native_scan_available() first")
-        empty = u.new_empty(0)
-        D, delta_bias = (empty if tensor is None else tensor for tensor in (D, delta_bias))
-        save = any(ctx.needs_input_grad)
-        y, last_state, checkpoints = module.forward(
-            u, delta, A, B, C, D, delta_bias, delta_softplus, save, CHECKPOINT_EVERY
-        )
-        if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, checkpoints)
-            ctx.delta_softplus = delta_softplus
-        return y, last_state
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_last_state):
-        u, delta, A, B, C, D, delta_bias, checkpoints = ctx.saved_tensors
-        if grad_y is None:
-            grad_y = torch.zeros_like(u)
-        if grad_last_state is None:
-            grad_last_state = u.new_zeros(u.shape[0], u.shape[2], A.shape[1], u.shape[3])
-        grad_y = grad_y.contiguous()
-        grad_u, grad_delta, grad_A, grad_B, grad_C = load_native_scan().backward(
-            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, checkpoints, grad_y, grad_last_state.contiguous(),
-            CHECKPOINT_EVERY,
-        )
-        # D and delta_bias act per channel at every (batch, token): their gradients are sums over both.
-        grad_D = (grad_y * u).sum((0, 1)).flatten() if ctx.needs_input_grad[5] else None
-        grad_bias = grad_delta.sum((0, 1)).flatten() if ctx.needs_input_grad[6] else None
-        return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_bias, None
+    inputs = (u, delta, A, B, C, D, delta_bias)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    y, last_state, _ = native_scan_forward(
+        *inputs, delta_softplus, CHECKPOINT_EVERY if needs_grad else 0
+    )
+    return y, last_state

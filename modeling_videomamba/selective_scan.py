@@ -28,6 +28,9 @@ back in the dtype of `u`. Implementations:
 - "triton": the "fast" layout computed by Triton kernels (CUDA tensors; no compiled extension to
   build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`.
 
+"fast" and "native" are torch.library custom ops (forward and backward), so torch.compile keeps each
+scan as one graph node (no graph break, no unrolled token loop) and fuses the element-wise ops around it.
+
 "auto" picks "cuda" on CUDA devices when both packages import, their extensions load and a tiny call
 of each runs there (probed once per process); otherwise, after one warning naming what is missing,
 "triton" when Triton is usable there, else "fast". On CPU it picks "native" when the kernel is built or
@@ -42,7 +45,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .native_scan import NativeScan, native_scan_available
+from .native_scan import native_scan, native_scan_available, op_namespace
+
+_NAMESPACE = op_namespace(__name__)
 
 IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda", "triton")
 
@@ -97,8 +102,8 @@ def selective_scan_reference(
 BLOCK_SIZE = 32
 
 
-def _block_starts(length: int):
-    return [(start, min(start + BLOCK_SIZE, length)) for start in range(0, length, BLOCK_SIZE)]
+def _block_starts(length: int, block_size: int):
+    return [(start, min(start + block_size, length)) for start in range(0, length, block_size)]
 
 
 def _sequential_fma(outputs, factors, previous):
@@ -111,100 +116,142 @@ def _sequential_fma(outputs, factors, previous):
         pass
 
 
-class _BlockedScan(torch.autograd.Function):
-    """The core recurrence, token-major: s_t = exp(delta_t A) * s_{t-1} + delta_t u_t B_t, y_t = <s_t, C_t>.
+# The blocked scan's core recurrence, token-major: s_t = exp(delta_t A) * s_{t-1} + delta_t u_t B_t,
+# y_t = <s_t, C_t>. Layout (dg contiguous so each token's update is one fused multiply-add over an
+# (N, dg) state):
+#     u, delta : (batch, L, groups, dg)     A : (groups, N, dg)     B, C : (batch, L, groups, N)
+# The forward keeps only the state entering each block of `block_size` tokens (the checkpoints); the
+# backward recomputes a block's states from it, so memory stays O(L * dim + (L / block_size) * dim * N)
+# rather than O(L * dim * N). Both are torch.library custom ops, so torch.compile keeps each as one
+# node instead of unrolling the token loop.
 
-    Layout (D contiguous so each token's update is one fused multiply-add over an (N, D) state):
-        u, delta : (batch, L, groups, dg)     A : (groups, N, dg)
-        B, C     : (batch, L, groups, N)
-    Returns y (batch, L, groups, dg) and the last state (batch, groups, N, dg).
 
-    The forward keeps only the state entering each block; the backward recomputes a block's states
-    from it, so memory stays O(L * D + (L / BLOCK_SIZE) * D * N) rather than O(L * D * N).
+def _fill_block(u, delta, A_log2, B, start, stop, decay, states):
+    """decay[:, t] = exp(delta_t A) and states[:, t] = delta_t u_t B_t for the block's tokens.
+
+    A_log2 = A * log2(e): exp2 is markedly cheaper than exp on CPU and the scan is exp-bound.
     """
+    size = stop - start
+    torch.mul(delta[:, start:stop].unsqueeze(3), A_log2, out=decay[:, :size]).exp2_()
+    delta_u = delta[:, start:stop] * u[:, start:stop]
+    torch.mul(delta_u.unsqueeze(3), B[:, start:stop].unsqueeze(-1), out=states[:, :size])
+    return delta_u
 
-    @staticmethod
-    def _fill_block(u, delta, A_log2, B, start, stop, decay, states):
-        """decay[:, t] = exp(delta_t A) and states[:, t] = delta_t u_t B_t for the block's tokens.
 
-        A_log2 = A * log2(e): exp2 is markedly cheaper than exp on CPU and the scan is exp-bound.
-        """
+@torch.library.custom_op(f"{_NAMESPACE}::blocked_scan_forward", mutates_args=())
+def blocked_scan_forward(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y (batch, L, groups, dg), the last state (batch, groups, N, dg) and the checkpoints (blocks, batch, groups, N, dg)."""
+    batch, length, groups, dg = u.shape
+    block = min(block_size, length)
+    shape = (batch, block, groups, A.shape[1], dg)
+    decay, states = u.new_empty(shape), u.new_empty(shape)
+    decay_views, state_views = decay.unbind(1), states.unbind(1)
+    A_log2 = A * math.log2(math.e)
+    blocks = _block_starts(length, block_size)
+    checkpoints = u.new_zeros((len(blocks), batch, groups, A.shape[1], dg))
+    y = u.new_empty(batch, length, groups, dg)
+    for index, (start, stop) in enumerate(blocks):
         size = stop - start
-        torch.mul(delta[:, start:stop].unsqueeze(3), A_log2, out=decay[:, :size]).exp2_()
-        delta_u = delta[:, start:stop] * u[:, start:stop]
-        torch.mul(delta_u.unsqueeze(3), B[:, start:stop].unsqueeze(-1), out=states[:, :size])
-        return delta_u
+        _fill_block(u, delta, A_log2, B, start, stop, decay, states)
+        state_views[0].addcmul_(decay_views[0], checkpoints[index])
+        _sequential_fma(state_views[1:size], decay_views[1:size], state_views[: size - 1])
+        previous = state_views[size - 1]
+        if index + 1 < len(blocks):
+            checkpoints[index + 1].copy_(previous)
+        # y_t = C_t (1 x N) @ s_t (N x dg), batched over (batch, token, group).
+        torch.matmul(C[:, start:stop].unsqueeze(-2), states[:, :size], out=y[:, start:stop].unsqueeze(-2))
+    return y, previous.clone(), checkpoints
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C):
-        batch, length, groups, dg = u.shape
-        block = min(BLOCK_SIZE, length)
-        shape = (batch, block, groups, A.shape[1], dg)
-        decay, states = u.new_empty(shape), u.new_empty(shape)
-        decay_views, state_views = decay.unbind(1), states.unbind(1)
-        A_log2 = A * math.log2(math.e)
-        blocks = _block_starts(length)
-        checkpoints = u.new_zeros((len(blocks), batch, groups, A.shape[1], dg))
-        y = u.new_empty(batch, length, groups, dg)
-        for index, (start, stop) in enumerate(blocks):
-            size = stop - start
-            _BlockedScan._fill_block(u, delta, A_log2, B, start, stop, decay, states)
-            state_views[0].addcmul_(decay_views[0], checkpoints[index])
-            _sequential_fma(state_views[1:size], decay_views[1:size], state_views[: size - 1])
-            previous = state_views[size - 1]
-            if index + 1 < len(blocks):
-                checkpoints[index + 1].copy_(previous)
-            # y_t = C_t (1 x N) @ s_t (N x dg), batched over (batch, token, group).
-            torch.matmul(C[:, start:stop].unsqueeze(-2), states[:, :size], out=y[:, start:stop].unsqueeze(-2))
-        ctx.save_for_backward(u, delta, A, B, C, checkpoints)
-        return y, previous.clone()
 
-    @staticmethod
-    def backward(ctx, grad_y, grad_last_state):
-        u, delta, A, B, C, checkpoints = ctx.saved_tensors
-        batch, length, groups, dg = u.shape
-        block = min(BLOCK_SIZE, length)
-        shape = (batch, block, groups, A.shape[1], dg)
-        grad_y = grad_y.contiguous()
-        # states_full[:, 0] holds the state entering the block, so states_full[:, :-1] are s_{t-1}.
-        states_full = u.new_empty((batch, block + 1) + shape[2:])
-        decay, adjoint, work = u.new_empty(shape), u.new_empty(shape), u.new_empty(shape)
-        decay_views, adjoint_views, state_views = decay.unbind(1), adjoint.unbind(1), states_full.unbind(1)
-        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
-        grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
-        grad_A = torch.zeros_like(A)
-        A_log2 = A * math.log2(math.e)
-        # carry = exp(delta_{t+1} A) * lambda_{t+1}: the adjoint flowing into a block's last token.
-        carry = grad_last_state
-        blocks = _block_starts(length)
-        for index in reversed(range(len(blocks))):
-            start, stop = blocks[index]
-            size = stop - start
-            states, previous_states = states_full[:, 1 : size + 1], states_full[:, :size]
-            states_full[:, 0].copy_(checkpoints[index])
-            delta_u = _BlockedScan._fill_block(u, delta, A_log2, B, start, stop, decay, states_full[:, 1:])
-            _sequential_fma(state_views[1 : size + 1], decay_views[:size], state_views[:size])
-            # Adjoint: lambda_t = C_t (x) dy_t + exp(delta_{t+1} A) * lambda_{t+1}, backwards in time.
-            lambdas = adjoint[:, :size]
-            torch.mul(C[:, start:stop].unsqueeze(-1), grad_y[:, start:stop].unsqueeze(3), out=lambdas)
-            adjoint_views[size - 1].add_(carry)
-            if size > 1:  # (a one-token block has no step inside; slicing [-1::-1] would mean all)
-                reverse = slice(size - 1, 0, -1)
-                _sequential_fma(adjoint_views[size - 2 :: -1], decay_views[reverse], adjoint_views[reverse])
-            carry = decay_views[0] * adjoint_views[0]
-            # w = dL/d(delta_t A), elementwise: lambda_t * exp(delta_t A) * s_{t-1}. The decay buffer is
-            # free from here on and takes the products (reductions over dg run faster as mul + sum
-            # than as matrix-vector products).
-            w, product = work[:, :size], decay[:, :size]
-            torch.mul(lambdas, product, out=w).mul_(previous_states)
-            torch.sum(torch.mul(w, A, out=product), 3, out=grad_delta[:, start:stop])
-            grad_A += w.mul_(delta[:, start:stop].unsqueeze(3)).sum((0, 1))
-            lambda_B = torch.matmul(B[:, start:stop].unsqueeze(-2), lambdas).squeeze(-2)  # (b, T, g, dg)
-            torch.mul(lambda_B, delta[:, start:stop], out=grad_u[:, start:stop])
-            grad_delta[:, start:stop].addcmul_(lambda_B, u[:, start:stop])
-            torch.sum(torch.mul(lambdas, delta_u.unsqueeze(3), out=product), -1, out=grad_B[:, start:stop])
-            torch.sum(torch.mul(states, grad_y[:, start:stop].unsqueeze(3), out=product), -1, out=grad_C[:, start:stop])
-        return grad_u, grad_delta, grad_A, grad_B, grad_C
+@blocked_scan_forward.register_fake
+def _(u, delta, A, B, C, block_size):
+    batch, length, groups, dg = u.shape
+    state_shape = (batch, groups, A.shape[1], dg)
+    blocks = (length + block_size - 1) // block_size
+    return u.new_empty(u.shape), u.new_empty(state_shape), u.new_empty((blocks,) + state_shape)
+
+
+@torch.library.custom_op(f"{_NAMESPACE}::blocked_scan_backward", mutates_args=())
+def blocked_scan_backward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    checkpoints: torch.Tensor,
+    grad_y: torch.Tensor,
+    grad_last_state: torch.Tensor,
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """grad_u, grad_delta, grad_A, grad_B, grad_C of `blocked_scan_forward` (the reverse-time adjoint)."""
+    batch, length, groups, dg = u.shape
+    block = min(block_size, length)
+    shape = (batch, block, groups, A.shape[1], dg)
+    grad_y = grad_y.contiguous()
+    # states_full[:, 0] holds the state entering the block, so states_full[:, :-1] are s_{t-1}.
+    states_full = u.new_empty((batch, block + 1) + shape[2:])
+    decay, adjoint, work = u.new_empty(shape), u.new_empty(shape), u.new_empty(shape)
+    decay_views, adjoint_views, state_views = decay.unbind(1), adjoint.unbind(1), states_full.unbind(1)
+    grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+    grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+    grad_A = torch.zeros_like(A)
+    A_log2 = A * math.log2(math.e)
+    # carry = exp(delta_{t+1} A) * lambda_{t+1}: the adjoint flowing into a block's last token.
+    carry = grad_last_state
+    blocks = _block_starts(length, block_size)
+    for index in reversed(range(len(blocks))):
+        start, stop = blocks[index]
+        size = stop - start
+        states, previous_states = states_full[:, 1 : size + 1], states_full[:, :size]
+        states_full[:, 0].copy_(checkpoints[index])
+        delta_u = _fill_block(u, delta, A_log2, B, start, stop, decay, states_full[:, 1:])
+        _sequential_fma(state_views[1 : size + 1], decay_views[:size], state_views[:size])
+        # Adjoint: lambda_t = C_t (x) dy_t + exp(delta_{t+1} A) * lambda_{t+1}, backwards in time.
+        lambdas = adjoint[:, :size]
+        torch.mul(C[:, start:stop].unsqueeze(-1), grad_y[:, start:stop].unsqueeze(3), out=lambdas)
+        adjoint_views[size - 1].add_(carry)
+        if size > 1:  # (a one-token block has no step inside; slicing [-1::-1] would mean all)
+            reverse = slice(size - 1, 0, -1)
+            _sequential_fma(adjoint_views[size - 2 :: -1], decay_views[reverse], adjoint_views[reverse])
+        carry = decay_views[0] * adjoint_views[0]
+        # w = dL/d(delta_t A), elementwise: lambda_t * exp(delta_t A) * s_{t-1}. The decay buffer is
+        # free from here on and takes the products (reductions over dg run faster as mul + sum
+        # than as matrix-vector products).
+        w, product = work[:, :size], decay[:, :size]
+        torch.mul(lambdas, product, out=w).mul_(previous_states)
+        torch.sum(torch.mul(w, A, out=product), 3, out=grad_delta[:, start:stop])
+        grad_A += w.mul_(delta[:, start:stop].unsqueeze(3)).sum((0, 1))
+        lambda_B = torch.matmul(B[:, start:stop].unsqueeze(-2), lambdas).squeeze(-2)  # (b, T, g, dg)
+        torch.mul(lambda_B, delta[:, start:stop], out=grad_u[:, start:stop])
+        grad_delta[:, start:stop].addcmul_(lambda_B, u[:, start:stop])
+        torch.sum(torch.mul(lambdas, delta_u.unsqueeze(3), out=product), -1, out=grad_B[:, start:stop])
+        torch.sum(torch.mul(states, grad_y[:, start:stop].unsqueeze(3), out=product), -1, out=grad_C[:, start:stop])
+    return grad_u, grad_delta, grad_A, grad_B, grad_C
+
+
+@blocked_scan_backward.register_fake
+def _(u, delta, A, B, C, checkpoints, grad_y, grad_last_state, block_size):
+    return tuple(tensor.new_empty(tensor.shape) for tensor in (u, delta, A, B, C))
+
+
+def _blocked_setup_context(ctx, inputs, output):
+    *tensors, ctx.block_size = inputs
+    ctx.save_for_backward(*tensors, output[2])
+
+
+def _blocked_backward(ctx, grad_y, grad_last_state, _grad_checkpoints):
+    u, delta, A, B, C, checkpoints = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = torch.zeros_like(u)
+    if grad_last_state is None:
+        grad_last_state = u.new_zeros(u.shape[0], u.shape[2], A.shape[1], u.shape[3])
+    grads = blocked_scan_backward(u, delta, A, B, C, checkpoints, grad_y, grad_last_state, ctx.block_size)
+    return (*grads, None)
+
+
+blocked_scan_forward.register_autograd(_blocked_backward, setup_context=_blocked_setup_context)
 
 
 def selective_scan_tokens_first(
@@ -250,10 +297,10 @@ def selective_scan_tokens_first(
     )
     if native:
         D, delta_bias = (None if v is None else v.to(dtype).contiguous() for v in (D, delta_bias))
-        y, last_state = NativeScan.apply(*core_args, D, delta_bias, delta_softplus)
+        y, last_state = native_scan(*core_args, D, delta_bias, delta_softplus)
         y = y.reshape(batch, length, dim)
     else:
-        y, last_state = _BlockedScan.apply(*core_args)
+        y, last_state, _ = blocked_scan_forward(*core_args, BLOCK_SIZE)
         y = y.reshape(batch, length, dim)
         if D is not None:
             y = torch.addcmul(y, u, D.to(dtype))
@@ -377,6 +424,9 @@ def _auto_on_cuda() -> str:
     return fallback
 
 
+# Under torch.compile the choice is made once while tracing (it may build or probe the kernels,
+# which dynamo cannot trace) and baked into the graph as a constant.
+@torch.compiler.assume_constant_result
 def resolve_implementation(implementation: str, device: torch.device) -> str:
     """Map "auto" to a concrete implementation for tensors on `device`; check that "cuda" can run there."""
     if implementation not in IMPLEMENTATIONS:
@@ -468,12 +518,14 @@ def causal_conv1d_tokens_first(x: torch.Tensor, weight: torch.Tensor, bias: torc
     (batch, dim, L) and back around F.conv1d.
     """
     kernel = weight.shape[-1]
-    last = weight[:, -1]
-    out = x * last if bias is None else torch.addcmul(bias, x, last)
+    # Contiguous (dim,) tap vectors: broadcasting a strided column of weight made each multiply-add
+    # about 3x slower (measured at (1, 1569, 768)).
+    taps = weight.t().contiguous()
+    out = x * taps[-1] if bias is None else torch.addcmul(bias, x, taps[-1])
     for tap in range(kernel - 1):
         shift = kernel - 1 - tap  # this tap reads x[t - shift]
         if shift < x.shape[1]:
-            out[:, shift:].addcmul_(x[:, :-shift], weight[:, tap])
+            out[:, shift:].addcmul_(x[:, :-shift], taps[tap])
     return F.silu(out)
 
 

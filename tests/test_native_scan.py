@@ -20,10 +20,12 @@ from test_selective_scan import (
     CASES,
     OPTIONAL,
     assert_close_relative,
+    assert_compiled_model_matches_eager,
     assert_matches_reference,
     assert_model_matches_reference_scan,
     make_inputs,
     outputs_and_grads,
+    tokens_first_core_inputs,
 )
 
 from modeling_videomamba import native_scan
@@ -80,6 +82,19 @@ def test_native_wide_channels_several_tiles(built):
     assert_matches_reference(native, inputs, OPTIONAL, True, True)
 
 
+@pytest.mark.parametrize("dim", [74, 8], ids=["more-tiles-than-threads", "fewer-tiles-than-threads"])
+def test_native_backward_partial_sums_over_threads(built, dim):
+    # grad_B/grad_C are summed from per-thread slices (3 tiles per group, 2 threads) or per-tile ones
+    # (1 tile, 2 threads); either way every channel's contribution is counted once.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inputs = make_inputs(3, dim, 40, 16, 2, seed=6)
+        assert_matches_reference(native, inputs, OPTIONAL, True, True)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_native_float64_gradcheck(built, monkeypatch):
     monkeypatch.setattr(native_scan, "CHECKPOINT_EVERY", 3)
     inputs = make_inputs(2, 4, 7, 2, 2, dtype=torch.float64, seed=3)
@@ -118,6 +133,21 @@ def test_native_forward_without_grad_keeps_no_checkpoints(built):
 
 def test_native_model_matches_reference(built):
     assert_model_matches_reference_scan("native")
+
+
+def test_native_compiles_without_graph_breaks_and_matches_eager(built):
+    assert_compiled_model_matches_eager("native")
+
+
+@pytest.mark.parametrize("softplus", [False, True])
+def test_native_custom_op_registrations(built, softplus):
+    # opcheck: the schema, the fake (shape) implementation and the autograd registration agree with the op.
+    u, delta, A, B, C = tokens_first_core_inputs()
+    D, bias = (torch.randn(8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    torch.library.opcheck(native_scan.native_scan_forward, (u, delta, A, B, C, D, bias, softplus, 4))
+    # Without a gradient to compute no checkpoints are kept (checkpoint_every=0).
+    detached = [tensor.detach() for tensor in (u, delta, A, B, C)]
+    torch.library.opcheck(native_scan.native_scan_forward, (*detached, None, None, softplus, 0))
 
 
 def test_auto_picks_native_on_cpu_when_built(built):

@@ -198,6 +198,51 @@ def assert_model_matches_reference_scan(implementation, **config_overrides):
         assert_close_relative(grads[name], grad, 1e-4, f"grad {name}")
 
 
+def assert_compiled_model_matches_eager(implementation):
+    """torch.compile(fullgraph=True) traces a tiny classifier with no graph break (the scan is one custom
+    op, not an unrolled loop) and its logits and parameter gradients equal eager mode's."""
+    torch.manual_seed(0)
+    config = VideoMambaConfig(
+        hidden_size=32, num_hidden_layers=2, image_size=32, patch_size=8, num_frames=4, num_labels=5,
+        scan_implementation=implementation,
+    )
+    model = VideoMambaForVideoClassification(config)
+    pixel_values = torch.randn(2, 4, 3, 32, 32)
+    torch._dynamo.reset()
+    # aot_eager runs dynamo and AOTAutograd (fake tensors, the ops' autograd registrations) without
+    # inductor's C++ compile, which would cost tens of seconds here.
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    results = []
+    for run in (model, compiled):
+        model.zero_grad()
+        logits = run(pixel_values).logits
+        logits.square().sum().backward()
+        results.append((logits.detach(), {name: param.grad.clone() for name, param in model.named_parameters()}))
+    (logits, grads), (compiled_logits, compiled_grads) = results
+    assert_close_relative(compiled_logits, logits, 1e-6, "compiled logits")
+    for name, grad in grads.items():
+        assert_close_relative(compiled_grads[name], grad, 1e-6, f"compiled grad {name}")
+
+
+def test_fast_scan_compiles_without_graph_breaks_and_matches_eager():
+    assert_compiled_model_matches_eager("fast")
+
+
+def tokens_first_core_inputs(batch=2, dim=8, length=9, state=3, groups=2, dtype=torch.float64):
+    """The fast/native layout's (u, delta, A, B, C) from `make_inputs`, all requiring grad."""
+    inputs = make_inputs(batch, dim, length, state, groups, dtype=dtype)
+    dg = dim // groups
+    u, delta = (inputs[name].transpose(1, 2).reshape(batch, length, groups, dg).contiguous() for name in ("u", "delta"))
+    A = inputs["A"].reshape(groups, dg, state).transpose(1, 2).contiguous()
+    B, C = (inputs[name].permute(0, 3, 1, 2).contiguous() for name in ("B", "C"))
+    return [tensor.requires_grad_() for tensor in (u, delta.abs(), A, B, C)]
+
+
+def test_blocked_scan_custom_op_registrations():
+    # opcheck: the schema, the fake (shape) implementation and the autograd registration agree with the op.
+    torch.library.opcheck(scan_module.blocked_scan_forward, (*tokens_first_core_inputs(), 4))
+
+
 @pytest.mark.parametrize("token_order", ["spatial_first", "temporal_first"])
 def test_model_logits_and_gradients_fast_vs_reference(token_order):
     assert_model_matches_reference_scan("fast", token_order=token_order)

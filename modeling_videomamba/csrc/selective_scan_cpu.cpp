@@ -202,15 +202,20 @@ void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const to
 
 // The reverse-time adjoint. Per block (backwards) the block's states and decays are recomputed from
 // its checkpoint, then lambda_t = C_t dy_t + exp(delta_{t+1} A) lambda_{t+1} runs backwards and
-// gives every gradient. B/C are shared by a group's channels, so each tile writes its own partial
-// grad_B/grad_C slice (summed by the caller); grad_A is likewise partial per batch element.
+// gives every gradient. B/C are shared by a group's channels, so their gradients are partial sums:
+// each task adds into one slice of grad_B_part/grad_C_part (slices, batch, L, groups, N), summed by
+// the caller. A slice is written by one thread only: one slice per thread when there are at most as
+// many threads as tiles (so the buffers do not grow with the width), else one per tile; `nested`
+// (called inside another parallel region, where parallel_for runs inline) means a single slice.
+// grad_A is likewise partial per batch element.
 template <typename T>
 void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                      const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& checkpoints,
                      const Options<T>& options, const torch::Tensor& grad_y, const torch::Tensor& grad_last,
                      int64_t block,
                      torch::Tensor& grad_u, torch::Tensor& grad_delta, torch::Tensor& grad_A_part,
-                     torch::Tensor& grad_B_part, torch::Tensor& grad_C_part) {
+                     torch::Tensor& grad_B_part, torch::Tensor& grad_C_part, bool slot_per_thread,
+                     bool nested) {
   const Shape s = shape_of(u, A);
   const T *pu = u.data_ptr<T>(), *pd = delta.data_ptr<T>(), *pA = A.data_ptr<T>();
   const T *pB = B.data_ptr<T>(), *pC = C.data_ptr<T>(), *pck = checkpoints.data_ptr<T>();
@@ -218,7 +223,7 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
   T *pgu = grad_u.data_ptr<T>(), *pgd = grad_delta.data_ptr<T>(), *pgA = grad_A_part.data_ptr<T>();
   T *pgB = grad_B_part.data_ptr<T>(), *pgC = grad_C_part.data_ptr<T>();
   const int64_t N = s.state, dim = s.dim(), blocks = (s.length + block - 1) / block;
-  const int64_t bc_size = s.batch * s.length * s.groups * N;  // one tile's partial grad_B / grad_C
+  const int64_t bc_size = s.batch * s.length * s.groups * N;  // one slice of partial grad_B / grad_C
 
   at::parallel_for(0, s.tasks(), 1, [&](int64_t first, int64_t end) {
     // states[i] = s_{start + i - 1} (states[0] enters the block), decays[i] = exp(delta_{start+i} A).
@@ -226,7 +231,9 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
     std::vector<T> a(N * kTile), lam(N * kTile), gA(N * kTile);
     for (int64_t index = first; index < end; ++index) {
       const Task task(s, index);
-      const int64_t tile = task.c0 / kTile;
+      const int64_t slot = nested ? 0 : slot_per_thread ? at::get_thread_num() : task.c0 / kTile;
+      T* gB_slice = pgB + slot * bc_size;
+      T* gC_slice = pgC + slot * bc_size;
       T D[kTile], bias[kTile];
       load_lanes(D, options.D + task.g * s.dg + task.c0, task.width);
       load_lanes(bias, options.bias + task.g * s.dg + task.c0, task.width);
@@ -291,8 +298,8 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
               gB += ln[c] * du[c];
               ln[c] *= e[c];  // the carry into step t - 1
             }
-            pgB[tile * bc_size + bc_row + n] = gB;
-            pgC[tile * bc_size + bc_row + n] = gC;
+            gB_slice[bc_row + n] += gB;
+            gC_slice[bc_row + n] += gC;
           }
           for (int64_t c = 0; c < task.width; ++c) {
             // grad_delta is with respect to the raw delta (before bias and softplus).
@@ -355,14 +362,19 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& u, const torch::Te
               "selective_scan_cpu: gradient shapes do not match");
   auto grad_u = torch::empty_like(u), grad_delta = torch::empty_like(delta);
   auto grad_A_part = u.new_empty({s.batch, s.groups, s.state, s.dg});
-  auto grad_B_part = u.new_empty({s.tiles, s.batch, s.length, s.groups, s.state});
-  auto grad_C_part = u.new_empty({s.tiles, s.batch, s.length, s.groups, s.state});
+  const bool nested = at::in_parallel_region();
+  const int64_t threads = nested ? 1 : at::get_num_threads();
+  const bool slot_per_thread = threads <= s.tiles;
+  const int64_t slices = slot_per_thread ? threads : s.tiles;
+  auto grad_B_part = u.new_zeros({slices, s.batch, s.length, s.groups, s.state});
+  auto grad_C_part = u.new_zeros({slices, s.batch, s.length, s.groups, s.state});
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
     check_inputs<scalar_t>(u, delta, A, B, C);
     torch::Tensor zeros;
     const auto options = make_options<scalar_t>(u, D, delta_bias, softplus, zeros);
     backward_kernel<scalar_t>(u, delta, A, B, C, checkpoints, options, grad_y, grad_last, block, grad_u, grad_delta,
-                              grad_A_part, grad_B_part, grad_C_part);
+                              grad_A_part, grad_B_part, grad_C_part, slot_per_thread,
+                              nested);
   });
   return {grad_u, grad_delta, grad_A_part.sum(0), grad_B_part.sum(0), grad_C_part.sum(0)};
 }
