@@ -93,7 +93,7 @@ def test_sampler_arguments_are_checked(call):
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_every_container_reads_the_sampled_frames(videos, fmt):
-    frames, info = read_video(videos[fmt], lambda n: segment_indices(n, 4))
+    frames, info = read_video(videos[fmt], lambda t: segment_indices(t.num_frames, 4))
     assert info.num_frames == 20
     assert info.fps == pytest.approx(25.0 if fmt == "h264" else 10.0)  # FFmpeg guesses 25 for raw streams
     assert frames.shape == (1, 4, 48, 64, 3) and frames.dtype == np.uint8
@@ -114,7 +114,7 @@ def test_seeking_decodes_only_what_is_needed_and_matches_sequential_decoding(vid
             yield frame
 
     monkeypatch.setattr(video_decoding, "_decoded_frames", counting)
-    frames, info = read_video(videos[name], lambda n: segment_indices(n, 4))
+    frames, info = read_video(videos[name], lambda t: segment_indices(t.num_frames, 4))
     assert info.frame_indices.tolist() == [[30, 90, 150, 210]]
     # A keyframe every 12 frames: at most 12 frames decoded per target instead of 211 sequentially.
     assert 4 <= len(decoded) <= 4 * 12
@@ -122,7 +122,7 @@ def test_seeking_decodes_only_what_is_needed_and_matches_sequential_decoding(vid
 
 
 def test_real_world_clip_matches_plain_pyav_decoding(real_clip):
-    frames, info = read_video(real_clip, lambda n: segment_indices(n, 8))
+    frames, info = read_video(real_clip, lambda t: segment_indices(t.num_frames, 8))
     reference = _plain_decode(real_clip)
     assert info.num_frames == len(reference) == 132
     assert frames.shape == (1, 8, 720, 1280, 3)
@@ -131,11 +131,11 @@ def test_real_world_clip_matches_plain_pyav_decoding(real_clip):
 
 def test_bytes_and_file_objects_read_like_paths(videos):
     path = videos["webm"]
-    expected, _ = read_video(path, lambda n: segment_indices(n, 3))
-    from_bytes, info = read_video(path.read_bytes(), lambda n: segment_indices(n, 3))
+    expected, _ = read_video(path, lambda t: segment_indices(t.num_frames, 3))
+    from_bytes, info = read_video(path.read_bytes(), lambda t: segment_indices(t.num_frames, 3))
     assert info.source.startswith("<") and (from_bytes == expected).all()
     with open(path, "rb") as file:
-        assert (read_video(file, lambda n: segment_indices(n, 3))[0] == expected).all()
+        assert (read_video(file, lambda t: segment_indices(t.num_frames, 3))[0] == expected).all()
 
     class Unseekable(io.RawIOBase):
         def __init__(self, data):
@@ -150,7 +150,7 @@ def test_bytes_and_file_objects_read_like_paths(videos):
         def readinto(self, buffer):
             return self._data.readinto(buffer)
 
-    assert (read_video(Unseekable(path.read_bytes()), lambda n: segment_indices(n, 3))[0] == expected).all()
+    assert (read_video(Unseekable(path.read_bytes()), lambda t: segment_indices(t.num_frames, 3))[0] == expected).all()
 
 
 def test_portrait_video_keeps_its_shape(videos):
@@ -163,7 +163,7 @@ def test_wrong_frame_count_in_metadata_is_ignored_with_a_warning(broken_videos):
     with av.open(os.fspath(path)) as container:
         assert container.streams.video[0].frames == 1000  # the header really lies
     with pytest.warns(VideoDecodingWarning, match="1000"):
-        frames, info = read_video(path, lambda n: segment_indices(n, 4))
+        frames, info = read_video(path, lambda t: segment_indices(t.num_frames, 4))
     assert info.num_frames == 12
     assert [frame_index_of(f) for f in frames[0]] == [1, 4, 7, 10]
 
@@ -174,7 +174,7 @@ def test_damaged_files_keep_the_frames_that_decode(broken_videos, kind):
     reference = _plain_decode(path)
     assert 0 < len(reference) < 240
     with pytest.warns(VideoDecodingWarning, match="damaged"):
-        frames, info = read_video(path, lambda n: segment_indices(n, 4))
+        frames, info = read_video(path, lambda t: segment_indices(t.num_frames, 4))
     assert info.num_frames == len(reference)
     assert (frames[0] == np.stack([reference[i] for i in info.frame_indices[0]])).all()
 
@@ -192,7 +192,7 @@ def test_damaged_files_keep_the_frames_that_decode(broken_videos, kind):
 def test_unreadable_files_raise_a_clear_error_naming_the_file(broken_videos, kind, message):
     path = broken_videos[kind]
     with pytest.raises(VideoDecodingError, match=message) as error:
-        read_video(path, lambda n: segment_indices(n, 4))
+        read_video(path, lambda t: segment_indices(t.num_frames, 4))
     assert path.name in str(error.value)
     assert isinstance(error.value, ValueError)
 
@@ -210,4 +210,4 @@ def test_missing_files_and_bad_sources_raise(broken_videos, tmp_path):
 
 def test_sampler_indices_out_of_range_are_rejected(videos):
     with pytest.raises(ValueError, match=r"outside \[0, 20\)"):
-        read_video(videos["mp4"], lambda n: np.array([0, n]))
+        read_video(videos["mp4"], lambda t: np.array([0, t.num_frames]))
