@@ -47,12 +47,16 @@ class FrameTimeline:
 
     @classmethod
     def from_timestamps(cls, timestamps, fallback_fps=None):
-        """Timeline from presentation times (seconds, any origin): the last frame lasts the median gap."""
+        """Timeline from presentation times (seconds, any origin).
+
+        The last frame is taken to last as long as the gap before it (its own duration is rarely stored).
+        """
         times = np.sort(np.asarray(timestamps, dtype=np.float64))
         times = times - times[0]
-        gaps = np.diff(times)
-        gaps = gaps[gaps > 0]
-        last = float(np.median(gaps)) if gaps.size else (1.0 / fallback_fps if fallback_fps else 1.0)
+        if len(times) > 1 and times[-1] > times[-2]:
+            last = times[-1] - times[-2]
+        else:
+            last = 1.0 / fallback_fps if fallback_fps else 1.0
         return cls(times, float(times[-1] + last))
 
     def shown_at(self, times):

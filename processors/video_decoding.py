@@ -236,11 +236,12 @@ def _resize_array(array, height, width):
 
 
 class _FrameConverter:
-    """Decoded frame -> RGB uint8 (H, W, 3) at the stream's first coded size, then as displayed."""
+    """Decoded frame -> RGB uint8 (H, W, 3) at `size` (the stream's first frame's coded size; None: the
+    first frame converted), then as displayed."""
 
-    def __init__(self, stream, keep_coded_frames, name):
+    def __init__(self, stream, size, keep_coded_frames, name):
         context = stream.codec_context
-        self.size = (context.height, context.width) if context.width and context.height else None
+        self.size = size
         sar = stream.sample_aspect_ratio or context.sample_aspect_ratio
         self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
         self.keep_coded_frames, self.name = keep_coded_frames, name
@@ -324,7 +325,13 @@ class VideoReader:
         indices = [int(i) for i in indices]
         container, stream = self.source.open()
         with container:
-            convert = _FrameConverter(stream, self.keep_coded_frames, self.source.name)
+            size = None
+            if self.seeking and indices and indices[0] != 0:
+                # Headers may give a later size (MPEG-TS probing); the first frame's decides. The seek to
+                # the first target follows, so this costs one decoded frame.
+                first = next(_decoded_frames(container, stream, []), None)
+                size = (first.height, first.width) if first is not None else None
+            convert = _FrameConverter(stream, size, self.keep_coded_frames, self.source.name)
             if self.seeking:
                 yield from self._seek_and_decode(container, stream, indices, convert)
             else:
