@@ -20,6 +20,7 @@ from .processors import (
     VideoMambaImageProcessor,
     VideoMambaProcessor,
     VideoMambaVideoProcessor,
+    classify_long_video,
     dataset_video_transform,
     multi_view_predict,
     read_video,
@@ -48,6 +49,7 @@ __all__ = [
     "VideoDecodingError",
     "VideoDecodingWarning",
     "read_video",
+    "classify_long_video",
     "multi_view_predict",
     "dataset_video_transform",
 ]

@@ -444,4 +444,4 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         ]
 
 
-__all__ = ["VideoMambaVideoProcessor", "VideoMambaVideoProcessorKwargs"]
+__all__ = ["TimedVideoMetadata", "VideoMambaVideoProcessor", "VideoMambaVideoProcessorKwargs"]
