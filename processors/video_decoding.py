@@ -26,9 +26,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Optional
 
-import av
-import numpy as np
-import torch
+from .requirements import require
+
+require("av", "Reading videos (VideoMambaVideoProcessor, read_video)")
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from .frame_sampling import (  # noqa: F401  (re-exported: they were defined here before)
     SAMPLING_MODES,
@@ -37,7 +41,7 @@ from .frame_sampling import (  # noqa: F401  (re-exported: they were defined her
     segment_indices,
     stride_indices,
 )
-from .video_transforms import resize
+from .video_transforms import resize  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

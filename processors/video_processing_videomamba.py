@@ -69,6 +69,21 @@ class TimedVideoMetadata(VideoMetadata):
         return list(self.frames_timestamps)
 
 
+def save_frame_image_processor(video_processor, save_directory):
+    """Write `VideoMambaImageProcessor.for_video_processor(video_processor)` into `save_directory`.
+
+    transformers' pipelines collate batches only when they hold a tokenizer, feature extractor or image
+    processor; the video-classification pipeline loads an image processor from the model directory when
+    there is one (and still preprocesses with the video processor), so this file makes `batch_size > 1`
+    work. Skipped (batching then needs `image_processor=` given to `pipeline`) where pillow is missing.
+    """
+    try:
+        from .image_processing_videomamba import VideoMambaImageProcessor
+    except ImportError:
+        return
+    VideoMambaImageProcessor.for_video_processor(video_processor).save_pretrained(save_directory)
+
+
 def _size_dict(size, keys):
     if isinstance(size, int):
         return {key: size for key in keys}
@@ -269,6 +284,12 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         defaults = {"num_frames": config.num_frames, "size": config.image_size, "crop_size": config.image_size}
         return cls(**{**defaults, **kwargs})
 
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
+        """Save `video_preprocessor_config.json`, and the per-frame image processor (`preprocessor_config.json`)
+        that lets `pipeline("video-classification", batch_size=...)` batch (see `save_frame_image_processor`)."""
+        save_frame_image_processor(self, save_directory)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
     def _options(self, overrides):
         options = {name: getattr(self, name) for name in _CALL_OPTIONS}
         options.update({name: value for name, value in overrides.items() if value is not None})
@@ -444,4 +465,4 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         ]
 
 
-__all__ = ["TimedVideoMetadata", "VideoMambaVideoProcessor", "VideoMambaVideoProcessorKwargs"]
+__all__ = ["TimedVideoMetadata", "VideoMambaVideoProcessor", "VideoMambaVideoProcessorKwargs", "save_frame_image_processor"]
