@@ -427,10 +427,10 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         video = _channels_first(video, input_data_format)
         timeline, fps = _array_timeline(video.shape[0], video_metadata, options["fps"] is not None)
         indices = sampler(timeline) if options["do_sample_frames"] else np.arange(video.shape[0])[None]
-        held = np.asarray(video_metadata.get("frames_indices") or range(video.shape[0])) if video_metadata else None
+        held = video_metadata.get("frames_indices") if video_metadata is not None else None
+        held = np.asarray(held) if held is not None else None
         metadata = TimedVideoMetadata(
-            total_num_frames=int(video_metadata.get("total_num_frames") or video.shape[0]) if video_metadata
-            else video.shape[0],
+            total_num_frames=int((video_metadata or {}).get("total_num_frames") or video.shape[0]),
             fps=fps, width=video.shape[-1], height=video.shape[-2], duration=timeline.duration if fps else None,
             video_backend=None,
             frames_indices=(held[indices] if held is not None else indices).reshape(-1).tolist(),
