@@ -13,10 +13,35 @@ Memory is bounded by the windows in flight (about `window_seconds / stride_secon
 `batch_size` clips), not by the video's length.
 """
 
+import ctypes
+import ctypes.util
+
 import torch
 
 from .frame_sampling import segment_times
 from .video_decoding import read_with_fallback
+
+
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _return_freed_memory():
+    """Give freed heap memory back to the system (glibc only; elsewhere nothing to do).
+
+    Decoded frames (2.7 MB at 720p) are freed right away while prepared frames live for a window; glibc
+    then serves the big buffers from its heap (its mmap threshold rises to the first freed frame) and the
+    interleaving keeps the heap from shrinking: a long 720p pass grew by about 9 MB per second of video
+    without this, and stays flat with it.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def window_spans(duration, window_seconds, stride_seconds=None):
@@ -91,6 +116,7 @@ def classify_long_video(
         def run(clips):
             logits = model(pixel_values=torch.stack(clips).to(device)).logits
             probs.extend(logits.float().softmax(-1).cpu())
+            _return_freed_memory()
 
         for index, frame in reader.frames(sorted(last_use)):
             kept[index] = prepare(frame)

@@ -239,6 +239,9 @@ def _resize_array(array, height, width):
     return resize(tensor, height, width)[0].permute(1, 2, 0).numpy()
 
 
+_UNREAD = object()
+
+
 class _FrameConverter:
     """Decoded frame -> RGB uint8 (H, W, 3) at `size` (the stream's first frame's coded size; None: the
     first frame converted), then as displayed."""
@@ -249,6 +252,10 @@ class _FrameConverter:
         sar = stream.sample_aspect_ratio or context.sample_aspect_ratio
         self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
         self.keep_coded_frames, self.name = keep_coded_frames, name
+        # Read from the first frame only: the matrix belongs to the stream (mp4 tkhd, mkv projection), and
+        # touching `frame.side_data` keeps the frame alive until the cyclic garbage collector runs (PyAV
+        # 18), which grew memory by megabytes per frame in a long 720p pass.
+        self.matrix = None if keep_coded_frames else _UNREAD
 
     def __call__(self, frame):
         array = frame.to_ndarray(format="rgb24")
@@ -268,7 +275,9 @@ class _FrameConverter:
                 array = _resize_array(array, height, int(round(width * self.sar)))
             else:
                 array = _resize_array(array, int(round(height / self.sar)), width)
-        return orient(array, _display_matrix(frame))
+        if self.matrix is _UNREAD:
+            self.matrix = _display_matrix(frame)
+        return orient(array, self.matrix)
 
 
 class VideoReader:
