@@ -8,7 +8,15 @@ $(PY):
 	$(PY) -m pip install --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test]"
+	# the triton extra lets the tests run the Triton scan's kernels on CPU (its interpreter)
+	$(PY) -m pip install -e ".[test,triton]"
+	# mamba-ssm and causal-conv1d from their sdists without the CUDA build, for their Python interfaces
+	# and references: tests/test_cuda_path_contract.py runs our CUDA path's calls through them on CPU.
+	# FORCE_BUILD skips setup.py's download of a prebuilt wheel from outside the registry; --no-deps
+	# and --no-build-isolation keep pip from pulling their GPU-only dependencies and a CUDA torch.
+	$(PY) -m pip install setuptools wheel packaging
+	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
+		$(PY) -m pip install --no-deps --no-build-isolation mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
 	touch $(PY)
 
 .PHONY: setup test demo

@@ -1,32 +1,67 @@
-"""GPU benchmark: VideoMamba-Ti with mamba-ssm kernels vs VideoMAE-Ti vs TimeSformer-Ti, bf16, batch 1.
+"""GPU benchmark: VideoMamba (Ti/S/M, each GPU scan path) vs VideoMAE vs TimeSformer, bf16, batch 1.
 
-Needs a CUDA device; mamba-ssm and causal-conv1d for VideoMamba's kernels (see benchmarks/README.md
-for an offline build). Before timing, it checks the scans on the GPU against the plain recurrence
-(`selective_scan_reference`, fp32): "cuda" (mamba-ssm) and "fast" must agree within 1e-4 and 1e-5
-relative. The models and their configs are those of bench_models.py; times are medians of CUDA-synced
-calls, memory is torch.cuda.max_memory_allocated beyond the weights and input.
+Needs a CUDA device; mamba-ssm and causal-conv1d for VideoMamba's "cuda" path (see benchmarks/README.md
+for an offline build). Before timing, it checks every GPU scan path available here against the plain
+recurrence (`selective_scan_reference`, fp32): "cuda" (mamba-ssm) and "triton" within 1e-4, "fast"
+within 1e-5 relative. The models and their configs are those of bench_models.py (--sizes picks
+VideoMamba's presets and the transformers of matching size); times are medians of CUDA-synced calls,
+throughput is clips per second at batch 1, memory is torch.cuda.max_memory_allocated beyond the weights
+and input. --deadline stops measuring after that many seconds (the rest is listed as skipped) and
+--json appends every row to a file (benchmarks/gpu_check.py collects them into one table).
 
-    python benchmarks/bench_gpu.py                               # frames 8 16 32 64, forward + train
-    python benchmarks/bench_gpu.py --frames 8 16 --repeats 10 --modes forward
+    python benchmarks/bench_gpu.py                               # Ti, frames 8 16 32 64, forward + train
+    python benchmarks/bench_gpu.py --sizes tiny small middle --scans cuda triton --frames 8 16
 """
 
 import argparse
+import json
 import os
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_models import MODELS, MODES, build_model  # noqa: E402
+from bench_models import MODELS, MODES, SIZES, build_model  # noqa: E402
 from timing import max_relative_error, print_table, summary, time_call  # noqa: E402
 
-from modeling_videomamba.selective_scan import cuda_kernels_available, selective_scan, selective_scan_reference  # noqa: E402
+from modeling_videomamba.selective_scan import (  # noqa: E402
+    IMPLEMENTATIONS,
+    cuda_kernels_available,
+    cuda_kernels_problem,
+    selective_scan,
+    selective_scan_reference,
+)
+
+SIZE_TAGS = {"tiny": "Ti", "small": "S", "middle": "M"}
+LABELS = {"videomamba": "VideoMamba", "videomae": "VideoMAE", "timesformer": "TimeSformer"}
 
 
-def check_scans(length=1569, dim=768, state=16):
-    """Max relative error of each available GPU scan against the fp32 reference; raises if too large."""
+def gpu_scan_paths():
+    """{scan implementation: tolerance vs the fp32 reference} of the GPU paths usable here, and notes on
+    the ones that are not."""
+    paths, notes = {"fast": 1e-5}, []
+    if cuda_kernels_available():
+        paths["cuda"] = 1e-4
+    else:
+        notes.append(f"cuda (mamba-ssm): {cuda_kernels_problem() or 'unavailable'}")
+    if "triton" in IMPLEMENTATIONS:  # added by the Triton path; absent in older checkouts
+        try:
+            from modeling_videomamba.selective_scan import resolve_implementation
+
+            if resolve_implementation("triton", torch.device("cuda")) == "triton":
+                paths["triton"] = 1e-4
+        except Exception as error:  # a missing or broken triton: report, do not stop the run
+            notes.append(f"triton: {type(error).__name__}: {error}")
+    else:
+        notes.append("triton: not in this checkout")
+    return paths, notes
+
+
+def check_scans(paths, length=1569, dim=768, state=16):
+    """Max relative error of each GPU scan path against the fp32 reference; raises if one is too large."""
     generator = torch.Generator().manual_seed(0)
     inputs = {
         "u": torch.randn(1, dim, length, generator=generator),
@@ -40,22 +75,18 @@ def check_scans(length=1569, dim=768, state=16):
     }
     expected = selective_scan_reference(**inputs, delta_softplus=True)
     on_gpu = {name: tensor.cuda() for name, tensor in inputs.items()}
-    limits = {"fast": 1e-5}
-    if cuda_kernels_available():
-        limits["cuda"] = 1e-4
-    else:
-        print("note: mamba-ssm is not installed; only the fast scan is checked (VideoMamba runs 'fast')")
-    for implementation, limit in limits.items():
+    for implementation, limit in paths.items():
         actual = selective_scan(**on_gpu, delta_softplus=True, implementation=implementation).cpu()
         error = max_relative_error(actual, expected)
-        print(f"scan check {implementation:>4} vs reference (fp32, L={length}, dim={dim}): max rel err {error:.2e}")
+        print(f"scan check {implementation:>6} vs reference (fp32, L={length}, dim={dim}): max rel err {error:.2e}")
         if not error <= limit:
             raise SystemExit(f"scan {implementation!r} differs from the reference by {error:.2e} > {limit:.0e}")
 
 
-def measure(name, frames, mode, repeats, dtype):
+def measure(name, frames, mode, repeats, dtype, scan="auto", size="tiny"):
     torch.manual_seed(0)
-    model = build_model(name, frames).to(device="cuda", dtype=dtype)
+    with torch.device("cuda"):  # initialising on the GPU: seconds saved per model at the larger sizes
+        model = build_model(name, frames, scan, size).to(dtype=dtype)
     pixel_values = torch.randn(1, frames, 3, 224, 224, device="cuda", dtype=dtype)
     if mode == "train-ckpt":
         model.gradient_checkpointing_enable()
@@ -79,36 +110,76 @@ def measure(name, frames, mode, repeats, dtype):
     return summary(times), peak
 
 
+def plan(args, paths):
+    """The measurements in order: per size and mode, VideoMamba on each scan path, then the transformers."""
+    scans = [scan for scan in args.scans if scan == "auto" or scan in paths]
+    for size in args.sizes:
+        for mode in args.modes:
+            for frames in args.frames:
+                for name in args.models:
+                    for scan in scans if name == "videomamba" else [None]:
+                        yield size, mode, frames, name, scan
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=["forward", "train"], choices=MODES)
+    parser.add_argument("--sizes", nargs="+", default=["tiny"], choices=list(SIZES))
+    parser.add_argument("--scans", nargs="+", default=["auto"], choices=["auto", "fast", "cuda", "triton"],
+                        help="VideoMamba's scan paths to time (those not usable here are left out with a note)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--deadline", type=float, default=None, help="stop measuring after this many seconds")
+    parser.add_argument("--json", default=None, help="append each row as a JSON line to this file")
+    parser.add_argument("--skip-check", action="store_true", help="do not check the scans against the reference first")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("bench_gpu.py needs a CUDA device and none is visible here; on CPU run benchmarks/bench_models.py.")
+        raise SystemExit(
+            "bench_gpu.py needs a CUDA device and none is visible here; on CPU run benchmarks/bench_models.py."
+        )
+    start = time.monotonic()
     dtype = getattr(torch, args.dtype)
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}, "
-          f"mamba-ssm kernels: {cuda_kernels_available()}")
-    check_scans()
-    for mode in args.modes:
-        rows, base = [], {}
-        for name in args.models:
-            for frames in args.frames:
-                try:
-                    (median, low, high), peak = measure(name, frames, mode, args.repeats, dtype)
-                except torch.cuda.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    rows.append([name, frames, "OOM", "-", "-", "-", "-"])
-                    continue
-                if name == "videomamba":
-                    base[frames] = median
-                ratio = f"{median / base[frames]:.2f}x" if frames in base else "-"
-                rows.append([name, frames, f"{1e3 * median:.1f}", f"{1e3 * low:.1f}", f"{1e3 * high:.1f}", ratio, f"{peak:.0f}"])
-        header = ["model", "frames", "median ms", "min ms", "max ms", "time vs videomamba", "peak MB"]
-        print_table(f"mode: {mode} ({args.dtype}, batch 1, 224x224)", header, rows)
+    paths, notes = gpu_scan_paths()
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}; GPU scan paths: "
+          f"{', '.join(paths)}" + "".join(f"\nnot usable: {note}" for note in notes))
+    if not args.skip_check:
+        check_scans(paths)
+    rows = []
+    for size, mode, frames, name, scan in plan(args, paths):
+        label = f"{LABELS[name]}-{SIZE_TAGS[size]}" + (f" ({scan})" if scan else "")
+        row = {"model": label, "mode": mode, "frames": frames, "dtype": args.dtype}
+        if args.deadline is not None and time.monotonic() - start > args.deadline:
+            row["status"] = "skipped (time budget)"
+        else:
+            try:
+                (median, low, high), peak = measure(name, frames, mode, args.repeats, dtype, scan or "auto", size)
+                row.update(status="ok", median_ms=1e3 * median, min_ms=1e3 * low, max_ms=1e3 * high,
+                           clips_per_s=1 / median, peak_mb=peak)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                row["status"] = "OOM"
+        rows.append(row)
+        if args.json:
+            with open(args.json, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    print_table(f"{args.dtype}, batch 1, 224x224", *results_table(rows))
+
+
+def results_table(rows):
+    """(header, rows) of a printable table of measurement rows."""
+    header = ["model", "mode", "frames", "median ms", "clips/s", "peak MB", "status"]
+    table = []
+    for row in rows:
+        ok = row.get("status") == "ok"
+        table.append([
+            row["model"], row["mode"], row["frames"],
+            f"{row['median_ms']:.1f}" if ok else "-", f"{row['clips_per_s']:.1f}" if ok else "-",
+            f"{row['peak_mb']:.0f}" if ok else "-", row.get("status", "?"),
+        ])
+    return header, table
 
 
 if __name__ == "__main__":

@@ -44,23 +44,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 MODELS = ("videomamba", "videomae", "timesformer")
 MODES = ("forward", "train", "train-ckpt")
-HIDDEN, HEADS, MLP, TRANSFORMER_LAYERS = 192, 3, 768, 12
+TRANSFORMER_LAYERS = 12
+# Size -> (VideoMamba preset; the transformers' hidden size, heads and MLP width). The transformers are
+# the ViT sizes closest to each VideoMamba preset (the paper's Ti/S/M against DeiT-Ti/S/B-sized models).
+SIZES = {
+    "tiny": ("tiny", (192, 3, 768)),
+    "small": ("small", (384, 6, 1536)),
+    "middle": ("middle", (768, 12, 3072)),
+}
 
 
-def build_model(name: str, frames: int, scan: str = "auto"):
-    """One of MODELS with random weights, in eval mode (dropout off) for any mode; `scan` is
-    VideoMamba's scan_implementation."""
+def build_model(name: str, frames: int, scan: str = "auto", size: str = "tiny"):
+    """One of MODELS at one of SIZES with random weights, in eval mode (dropout off) for any mode; `scan`
+    is VideoMamba's scan_implementation."""
+    preset, (hidden, heads, mlp) = SIZES[size]
     if name == "videomamba":
         from modeling_videomamba import VideoMambaConfig, VideoMambaModel
 
-        config = VideoMambaConfig.from_preset("tiny", num_frames=frames, image_size=224, scan_implementation=scan)
+        config = VideoMambaConfig.from_preset(preset, num_frames=frames, image_size=224, scan_implementation=scan)
         return VideoMambaModel(config).eval()
     if name == "videomae":
         from transformers import VideoMAEConfig, VideoMAEModel
 
         config = VideoMAEConfig(
-            image_size=224, patch_size=16, num_frames=frames, tubelet_size=1, hidden_size=HIDDEN,
-            num_hidden_layers=TRANSFORMER_LAYERS, num_attention_heads=HEADS, intermediate_size=MLP,
+            image_size=224, patch_size=16, num_frames=frames, tubelet_size=1, hidden_size=hidden,
+            num_hidden_layers=TRANSFORMER_LAYERS, num_attention_heads=heads, intermediate_size=mlp,
             use_mean_pooling=True, attn_implementation="sdpa",
         )
         return VideoMAEModel(config).eval()
@@ -68,8 +76,8 @@ def build_model(name: str, frames: int, scan: str = "auto"):
         from transformers import TimesformerConfig, TimesformerModel
 
         config = TimesformerConfig(
-            image_size=224, patch_size=16, num_frames=frames, hidden_size=HIDDEN,
-            num_hidden_layers=TRANSFORMER_LAYERS, num_attention_heads=HEADS, intermediate_size=MLP,
+            image_size=224, patch_size=16, num_frames=frames, hidden_size=hidden,
+            num_hidden_layers=TRANSFORMER_LAYERS, num_attention_heads=heads, intermediate_size=mlp,
             attention_type="joint_space_time",
         )
         return TimesformerModel(config).eval()

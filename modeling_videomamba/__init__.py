@@ -2,10 +2,11 @@
 
 Importing the package registers the model with the Auto classes (AutoConfig, AutoModel,
 AutoModelForVideoClassification, AutoModelForImageClassification, AutoVideoProcessor, AutoImageProcessor,
-AutoProcessor).
+AutoProcessor), and the video-text model (AutoConfig, AutoModel, AutoProcessor).
 """
 
 from .configuration_videomamba import VideoMambaConfig
+from .configuration_videomamba_video_text import VideoMambaVideoTextConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
     VideoMambaForPreTraining,
@@ -14,6 +15,7 @@ from .modeling_videomamba import (
     VideoMambaModelOutput,
     VideoMambaPreTrainedModel,
 )
+from .modeling_videomamba_video_text import VideoMambaVideoTextModel, VideoMambaVideoTextOutput
 from .processors import (
     VideoDecodingError,
     VideoDecodingWarning,
@@ -21,6 +23,7 @@ from .processors import (
     VideoMambaProcessor,
     VideoMambaVideoProcessor,
     classify_long_video,
+    VideoMambaVideoTextProcessor,
     dataset_video_transform,
     multi_view_predict,
     read_video,
@@ -38,6 +41,10 @@ __all__ = [
     "VideoMambaForVideoClassification",
     "VideoMambaForImageClassification",
     "VideoMambaForPreTraining",
+    "VideoMambaVideoTextConfig",
+    "VideoMambaVideoTextModel",
+    "VideoMambaVideoTextOutput",
+    "VideoMambaVideoTextProcessor",
     "selective_scan",
     "selective_scan_reference",
     "causal_conv1d",

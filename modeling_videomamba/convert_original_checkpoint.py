@@ -9,7 +9,11 @@ multimodal checkpoint's text tower and decoders); anything else, and any missing
 or mis-shaped weight, stops the conversion with an error listing the offending keys.
 
 Families handled (see docs/conversion.md): video classifiers (Kinetics-400, SSv2, Breakfast, COIN),
-ImageNet-1K image classifiers, masked-pretraining checkpoints and the vision tower of multimodal ones.
+ImageNet-1K image classifiers, masked-pretraining checkpoints and multimodal (video-text) ones, which become a
+full `VideoMambaVideoTextModel` (`--vision-only` keeps just their vision tower):
+
+    python -m modeling_videomamba.convert_original_checkpoint --checkpoint videomamba_m16_25M_f8_res224.pth \
+        --output-dir videomamba-middle-25m --text-config bert-base-uncased/config.json --tokenizer bert-base-uncased
 """
 
 import argparse
@@ -23,9 +27,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from transformers import BertConfig
 from transformers.initialization import no_init_weights
 
 from .configuration_videomamba import VideoMambaConfig
+from .configuration_videomamba_video_text import VideoMambaVideoTextConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
     VideoMambaForPreTraining,
@@ -34,7 +40,8 @@ from .modeling_videomamba import (
     interpolate_position_embeddings,
     interpolate_temporal_embeddings,
 )
-from .processors import VideoMambaImageProcessor, VideoMambaVideoProcessor
+from .modeling_videomamba_video_text import VideoMambaVideoTextModel
+from .processors import VideoMambaImageProcessor, VideoMambaVideoProcessor, VideoMambaVideoTextProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -417,6 +424,10 @@ def convert_original_checkpoint(
     image_size: Optional[int] = None,
     inflate_image_to_video: bool = False,
     labels: Optional[Union[str, Path, list]] = None,
+    vision_only: bool = False,
+    text_config=None,
+    keep_temporal: bool = True,
+    tokenizer=None,
 ):
     """Convert an original VideoMamba checkpoint and optionally save it with `save_pretrained`.
 
@@ -429,18 +440,37 @@ def convert_original_checkpoint(
         inflate_image_to_video: turn an ImageNet (image) checkpoint into a video model.
         labels: class names (a list or a JSON/text file); defaults to Kinetics-400 / ImageNet-1K names
             for heads of 400 / 1000 classes.
+        vision_only: convert only the vision tower of a multimodal (video-text) checkpoint, as `VideoMambaModel`.
+        text_config: for a video-text checkpoint, the original BERT config (a JSON file, dict or `BertConfig`) for
+            what the tensors do not tell (heads, activation, epsilon); default BERT-base's.
+        keep_temporal: for a video-text checkpoint, pool one vector per frame (True, the zero-shot configs) or one
+            per clip.
+        tokenizer: for a video-text checkpoint, a BERT tokenizer (or a directory with its files) to save a
+            `VideoMambaVideoTextProcessor` with; without it only the video processor is saved.
 
     Returns:
         The converted model in eval mode: `VideoMambaForVideoClassification`,
         `VideoMambaForImageClassification`, `VideoMambaForPreTraining` (masked-pretraining checkpoints), or
-        `VideoMambaModel` (other checkpoints without a head, e.g. a multimodal model's vision tower).
+        `VideoMambaVideoTextModel` (multimodal checkpoints) or `VideoMambaModel` (other checkpoints without a
+        head, e.g. a multimodal model's vision tower with `vision_only`).
     """
     if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
         # Checked first: save_pretrained would only fail after the whole conversion, with an AssertionError.
         raise NotADirectoryError(f"output_dir must be a directory (or a new path); {str(output_dir)!r} is a file.")
     if not isinstance(checkpoint, Mapping):
         checkpoint = load_original_checkpoint(checkpoint)
-    state_dict, prefix, ignored = strip_prefix(unwrap_state_dict(checkpoint))
+    state_dict = unwrap_state_dict(checkpoint)
+    video_text = is_video_text_checkpoint(state_dict) and not vision_only
+    if not video_text and (text_config is not None or tokenizer is not None):
+        raise ValueError("text_config and tokenizer apply to the full conversion of a multimodal (video-text) checkpoint.")
+    if video_text:
+        if labels is not None or inflate_image_to_video:
+            raise ValueError("labels and inflate_image_to_video do not apply to a video-text checkpoint.")
+        model = convert_video_text_checkpoint(state_dict, text_config, keep_temporal, num_frames, image_size)
+        if output_dir is not None:
+            save_converted_video_text(model, output_dir, tokenizer)
+        return model
+    state_dict, prefix, ignored = strip_prefix(state_dict)
 
     kwargs = infer_config_kwargs(state_dict)
     state_dict = _adapt(state_dict, kwargs, num_frames, image_size, inflate_image_to_video)
@@ -468,6 +498,177 @@ def convert_original_checkpoint(
     if output_dir is not None:
         save_converted(model, output_dir)
     return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# Multimodal (video-text) checkpoints
+# ----------------------------------------------------------------------------------------------------
+
+TEXT_PREFIX = "text_encoder."
+# Original name prefix -> our name prefix in VideoMambaVideoTextModel, outside the vision tower. The pre-training
+# layout nests BERT under `text_encoder.bert.`; the zero-shot evaluation renames it to `text_encoder.`.
+VIDEO_TEXT_RENAMES = (
+    ("vision_encoder.pool_norm.", "pool_norm."),
+    ("text_encoder.bert.", "text_model."),
+    ("text_encoder.", "text_model."),
+    ("vision_proj.", "vision_proj."),
+    ("text_proj.", "text_proj."),
+    ("itm_head.", "itm_head."),
+    ("temp", "temp"),
+)
+# Checked before VIDEO_TEXT_RENAMES: original name prefix -> why it is left out.
+VIDEO_TEXT_SKIPPED = (
+    ("text_encoder.bert.embeddings.position_ids", "BERT's position-id buffer (rebuilt by the model)"),
+    ("text_encoder.embeddings.position_ids", "BERT's position-id buffer (rebuilt by the model)"),
+    ("text_encoder.cls.", "masked-language-model head of the pre-training, unused by retrieval"),
+    ("clip_teacher.", "CLIP teacher of the pre-training (alignment targets only)"),
+)
+# Keys of the original BERT config JSON (xbert's) that are no BertConfig fields; fusion_layer is checked.
+XBERT_ONLY_KEYS = ("fusion_layer", "encoder_width", "cross_module", "architectures", "model_type", "gradient_checkpointing")
+
+
+def is_video_text_checkpoint(state_dict: StateDict) -> bool:
+    """A multimodal checkpoint: a `vision_encoder.` tower and a `text_encoder.` tower."""
+    return any(k.startswith(MULTIMODAL_PREFIX) for k in state_dict) and any(k.startswith(TEXT_PREFIX) for k in state_dict)
+
+
+def _read_text_config(text_config) -> dict:
+    """BertConfig fields from None (BERT-base's), a BertConfig, a dict or a JSON file (the original's
+    `config_bert.json` works: its xbert-only keys are dropped)."""
+    if text_config is None:
+        return {}
+    if isinstance(text_config, BertConfig):
+        return text_config.to_dict()
+    if isinstance(text_config, (str, Path)):
+        path = Path(text_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"Text config {str(path)!r} does not exist (expected a BertConfig JSON file).")
+        try:
+            text_config = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Text config {str(path)!r} is not valid JSON ({error}).") from error
+    if not isinstance(text_config, Mapping):
+        raise ValueError(f"text_config must be a BertConfig, a dict or a JSON file; got {type(text_config).__name__}.")
+    return dict(text_config)
+
+
+def infer_text_config(renamed: StateDict, text_config=None, vision_width: int = None) -> tuple:
+    """(BertConfig, fusion_layer) for our-named text tensors (`text_model.*`): sizes and the fusion layer are read
+    off the tensors; what they cannot tell (heads, activation, norm epsilon, dropout) comes from `text_config`.
+    A size given in `text_config` that contradicts the tensors is an error."""
+    prefix = "text_model."
+    _require(renamed, prefix + "embeddings.word_embeddings.weight", prefix + "encoder.layer.0.intermediate.dense.weight")
+    _require(renamed, prefix + "embeddings.position_embeddings.weight", prefix + "embeddings.token_type_embeddings.weight")
+    vocab_size, hidden_size = renamed[prefix + "embeddings.word_embeddings.weight"].shape
+    layers = {int(m.group(1)) for key in renamed if (m := re.match(r"text_model\.encoder\.layer\.(\d+)\.", key))}
+    depth = max(layers) + 1
+    fusing = sorted({int(m.group(1)) for key in renamed if (m := re.match(r"text_model\.encoder\.layer\.(\d+)\.crossattention\.", key))})
+    if not fusing or fusing != list(range(fusing[0], depth)):
+        raise ValueError(
+            f"Expected the text encoder's last layers to have cross-attention (layers fusion_layer..{depth - 1}); "
+            f"found it in layers {fusing}."
+        )
+    fusion_layer = fusing[0]
+    read = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": depth,
+        "intermediate_size": renamed[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0],
+        "max_position_embeddings": renamed[prefix + "embeddings.position_embeddings.weight"].shape[0],
+        "type_vocab_size": renamed[prefix + "embeddings.token_type_embeddings.weight"].shape[0],
+    }
+    given = _read_text_config(text_config)
+    if given.get("fusion_layer", fusion_layer) != fusion_layer:
+        raise ValueError(f"The text config says fusion_layer {given['fusion_layer']}, the tensors {fusion_layer}.")
+    if vision_width is not None and given.get("encoder_width", vision_width) != vision_width:
+        raise ValueError(f"The text config says encoder_width {given['encoder_width']}, the video width is {vision_width}.")
+    given = {key: value for key, value in given.items() if key not in XBERT_ONLY_KEYS}
+    conflicts = [f"{key}: config {given[key]}, tensors {value}" for key, value in read.items() if given.get(key, value) != value]
+    if conflicts:
+        raise ValueError(f"The text config contradicts the checkpoint's tensors: {conflicts}.")
+    config = BertConfig(**{**given, **read})
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(
+            f"The text width {config.hidden_size} is not divisible by num_attention_heads {config.num_attention_heads}; "
+            "pass the original BERT config with --text-config."
+        )
+    return config, fusion_layer
+
+
+def convert_video_text_checkpoint(
+    state_dict: StateDict,
+    text_config=None,
+    keep_temporal: bool = True,
+    num_frames: Optional[int] = None,
+    image_size: Optional[int] = None,
+) -> VideoMambaVideoTextModel:
+    """A multimodal state dict (original names) -> `VideoMambaVideoTextModel` in eval mode.
+
+    The video encoder's configuration, the projection width, the text sizes and `fusion_layer` are read off the
+    tensors; `text_config` supplies the rest of BERT's (default: BERT-base's), `keep_temporal` the pooling mode.
+    """
+    if not isinstance(keep_temporal, bool):
+        raise ValueError(f"keep_temporal must be True or False, got {keep_temporal!r}.")
+    vision, prefix, others = strip_prefix(state_dict)
+    vision_kwargs = infer_config_kwargs(vision)
+    vision = _adapt(vision, vision_kwargs, num_frames, image_size, inflate=False)
+    for name in ("teacher_hidden_size", "num_aligned_layers", "num_labels"):
+        vision_kwargs.pop(name, None)
+    renamed_vision, skipped, unknown = rename_keys(vision, "backbone")
+    renamed = {f"vision_model.{key}": value for key, value in renamed_vision.items()}
+    skipped = {prefix + key: why for key, why in skipped.items() if not key.startswith("pool_norm.")}
+    unknown = [prefix + key for key in unknown if not key.startswith("pool_norm.")]
+    for key, value in state_dict.items():
+        if key.startswith(prefix) and not key.startswith(prefix + "pool_norm."):
+            continue
+        reason = next((why for old, why in VIDEO_TEXT_SKIPPED if key == old or key.startswith(old)), None)
+        target = None if reason else _rename(key, VIDEO_TEXT_RENAMES, "")
+        if reason:
+            skipped[key] = reason
+        elif target is None:
+            unknown.append(key)
+        else:
+            renamed[target] = value
+    _require(renamed, "vision_proj.weight", "text_proj.weight", "itm_head.weight", "temp", "pool_norm.weight")
+    bert_config, fusion_layer = infer_text_config(renamed, text_config, vision_kwargs["hidden_size"])
+    temperature = float(renamed["temp"])
+    config = VideoMambaVideoTextConfig(
+        vision_config=VideoMambaConfig(**vision_kwargs),
+        text_config=bert_config,
+        fusion_layer=fusion_layer,
+        projection_dim=renamed["vision_proj.weight"].shape[0],
+        keep_temporal=keep_temporal,
+        pooling="cls+avg",  # every released multimodal model pools cls + mean of the patch tokens
+        initial_temperature=min(max(temperature, 0.001), 0.5),
+    )
+    with no_init_weights():
+        model = VideoMambaVideoTextModel(config)
+    _check_against_model(renamed, unknown, model)
+    model.load_state_dict(renamed, strict=True)
+    model.eval()
+    _log_left_out(skipped)
+    logger.info(
+        "Converted to VideoMambaVideoTextModel: video %s; text hidden_size=%d, num_hidden_layers=%d, fusion_layer=%d; "
+        "projection_dim=%d, keep_temporal=%s, temperature=%.4g",
+        _summary(config.vision_config, "backbone"), bert_config.hidden_size, bert_config.num_hidden_layers,
+        fusion_layer, config.projection_dim, keep_temporal, temperature,
+    )
+    return model
+
+
+def save_converted_video_text(model: VideoMambaVideoTextModel, output_dir, tokenizer=None) -> None:
+    """save_pretrained for the model and its video processor, or its VideoMambaVideoTextProcessor when a
+    tokenizer (a tokenizer object or a directory with bert-base-uncased's files) is given."""
+    model.save_pretrained(output_dir)
+    video_processor = VideoMambaVideoProcessor.from_model_config(model.config.vision_config)
+    if tokenizer is None:
+        video_processor.save_pretrained(output_dir)
+        return
+    if isinstance(tokenizer, (str, Path)):
+        from transformers import BertTokenizer
+
+        tokenizer = BertTokenizer.from_pretrained(str(tokenizer))
+    VideoMambaVideoTextProcessor(video_processor, tokenizer).save_pretrained(output_dir)
 
 
 def _log_left_out(left_out: dict) -> None:
@@ -518,7 +719,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--inflate-image-to-video", action="store_true", help="turn an ImageNet image checkpoint into a video model"
     )
     parser.add_argument("--labels", help="class names: a JSON list / {index: name} object, or a text file, one per line")
+    parser.add_argument(
+        "--vision-only", action="store_true", help="multimodal checkpoints: convert only the vision tower (VideoMambaModel)"
+    )
+    parser.add_argument(
+        "--text-config", help="multimodal checkpoints: the original BERT config JSON (heads etc.; default BERT-base's)"
+    )
+    parser.add_argument(
+        "--keep-temporal", type=_parse_bool, default=True, metavar="{true,false}",
+        help="multimodal checkpoints: one video vector per frame (default true, as the zero-shot configs) or per clip",
+    )
+    parser.add_argument("--tokenizer", help="multimodal checkpoints: directory with the BERT tokenizer files to save with")
     return parser.parse_args(argv)
+
+
+def _parse_bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def main(argv=None) -> None:
@@ -531,6 +751,10 @@ def main(argv=None) -> None:
         image_size=args.image_size,
         inflate_image_to_video=args.inflate_image_to_video,
         labels=args.labels,
+        vision_only=args.vision_only,
+        text_config=args.text_config,
+        keep_temporal=args.keep_temporal,
+        tokenizer=args.tokenizer,
     )
     print(f"Saved {type(model).__name__} to {args.output_dir}")
 

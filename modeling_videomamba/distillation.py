@@ -2,24 +2,30 @@
 
 The student's final normed features of ALL tokens go through a head (RMSNorm -> Linear(D_student ->
 D_teacher)); student and teacher features are L2-normalised and the loss mean(2 - 2 cos) is added to the
-task loss with a weight (default 1, no schedule). The teacher stays frozen in eval mode and is never
-saved; the head is kept out of the student's saved weights (it is written into Trainer checkpoints so a
-resumed run continues with it).
+task loss with a weight (default 1, no schedule).
 
-    trainer = VideoMambaDistillationTrainer(teacher=teacher_model, distillation_weight=1.0, model=student, ...)
+It is a `TrainerCallback`, so any `Trainer` (the stock one included) trains with it:
+
+    trainer = Trainer(model=student, args=args, train_dataset=..., callbacks=[VideoMambaDistillationCallback(teacher, 1.0)])
+
+The callback adds the head to the student as the submodule `distill_head` when the Trainer is built (so the
+optimizer and DDP see it) and a forward hook on the student that, in training, runs the teacher on the very
+`pixel_values` the student got (mixed ones included) and adds the term to the student's loss. The term is thus
+part of the student's own (DDP-wrapped) forward: one forward, one backward. The teacher stays frozen in eval mode
+and is never saved; the head is written into Trainer checkpoints (resuming restores it) and left out of the
+student saved after training. `VideoMambaDistillationTrainer` is `VideoMambaTrainer` with this callback.
 """
 
-import os
-
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import TrainerCallback
 
 from .modeling_videomamba import VideoMambaRMSNorm
 from .training_utils import VideoMambaTrainer
 
-DISTILL_HEAD_FILE = "distill_head.safetensors"
+HEAD_NAME = "distill_head"
 
 
 def cosine_alignment_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -56,76 +62,195 @@ def teacher_features(teacher: nn.Module, pixel_values: torch.Tensor) -> torch.Te
     return backbone(pixel_values=pixel_values.to(next(backbone.parameters()).dtype), return_dict=True).last_hidden_state
 
 
+def _sharded(args) -> bool:
+    """DeepSpeed and FSDP keep their own flat parameter and gradient copies; the checks on `.grad` and on the
+    optimizer's parameter groups do not apply there."""
+    return bool(args.deepspeed or args.fsdp)
+
+
+class VideoMambaDistillationCallback(TrainerCallback):
+    """Self-distillation for any `Trainer`: pass it in `callbacks=[...]` when building the Trainer.
+
+    In training forwards (the student in train mode, autograd on) the term `distillation_weight * mean(2 - 2 cos)`
+    goes into the student's `loss`. With labels it is added to the task loss, normalised as that is: when the
+    Trainer passes `num_items_in_batch` (the task loss is then a sum over the accumulated batch's label items),
+    weighted by this micro-batch's share of those items, otherwise as a per-batch mean. Without labels (a
+    Trainer computing the task loss outside the model, e.g. `VideoMambaTrainer` with soft labels) `loss` is the
+    term alone, for that Trainer to add. If the term never reaches the loss (say a `compute_loss_func` that
+    drops `outputs.loss`), the first optimizer step raises instead of training without it.
+
+    `distill_loss` (the unweighted mean(2 - 2 cos), averaged over steps and processes) is added to every
+    training log in `state.log_history` and to the logs seen by callbacks after this one.
+
+    Args:
+        teacher: any VideoMamba model (backbone or head model) with the student's token grid; frozen here.
+        distillation_weight: weight of the distillation term (the paper uses 1).
+    """
+
+    def __init__(self, teacher: nn.Module, distillation_weight: float = 1.0):
+        if teacher is None:
+            raise ValueError("VideoMambaDistillationCallback needs a teacher model.")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.distillation_weight = float(distillation_weight)
+        self.student = None
+        self._hooks = []
+        self._features = None
+        self._saved_ignore_keys = None
+        self._distill_sum, self._distill_count = 0.0, 0
+
+    # -- installation ------------------------------------------------------------------------------
+
+    def install(self, student: nn.Module):
+        """Adds the head to `student` (as `distill_head`) and the hooks; before the optimizer and DDP exist."""
+        if self.student is student:
+            return
+        if self.student is not None:
+            raise ValueError("This VideoMambaDistillationCallback already serves another student; make one per Trainer.")
+        if student is None:
+            raise ValueError("VideoMambaDistillationCallback needs the Trainer's model at construction (model_init is not supported).")
+        if hasattr(student, HEAD_NAME):
+            raise ValueError(f"The student already has a `{HEAD_NAME}`; add one VideoMambaDistillationCallback only.")
+        config = student.config
+        reference = next(student.parameters())
+        head = VideoMambaDistillationHead(config.hidden_size, _backbone(self.teacher).config.hidden_size, config.layer_norm_epsilon)
+        student.add_module(HEAD_NAME, head.to(device=reference.device, dtype=reference.dtype))
+        self.student = student
+        self._saved_ignore_keys = student._keys_to_ignore_on_save
+        self._keep_head_out_of_saves(True)
+        self._attach_hooks()
+
+    @property
+    def head(self) -> VideoMambaDistillationHead:
+        return getattr(self.student, HEAD_NAME)
+
+    def _keep_head_out_of_saves(self, excluded: bool):
+        """Checkpoints written during training carry the head (resuming loads it with the student); a student
+        saved outside training does not."""
+        ignored = self._saved_ignore_keys
+        if excluded:
+            ignored = list(ignored or []) + [f"{HEAD_NAME}.{name}" for name in self.head.state_dict()]
+        self.student._keys_to_ignore_on_save = ignored
+
+    def _attach_hooks(self):
+        if not self._hooks:
+            self._hooks = [
+                _backbone(self.student).register_forward_hook(self._capture_features),
+                self.student.register_forward_hook(self._add_distillation, with_kwargs=True),
+            ]
+
+    def _detach_hooks(self):
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks, self._features = [], None
+
+    # -- the forward hooks --------------------------------------------------------------------------
+
+    @staticmethod
+    def _active(module: nn.Module) -> bool:
+        return module.training and torch.is_grad_enabled()
+
+    def _capture_features(self, module, args, output):
+        if self._active(module):
+            self._features = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    def _add_distillation(self, module, args, kwargs, output):
+        if not self._active(module):
+            return None
+        features, self._features = self._features, None
+        if features is None:
+            raise RuntimeError("Self-distillation: the student's backbone produced no features in this forward.")
+        if not isinstance(output, dict):
+            raise TypeError("Self-distillation needs the student to return a ModelOutput (return_dict=True).")
+        pixel_values = kwargs["pixel_values"] if "pixel_values" in kwargs else args[0]
+        teacher = self.teacher
+        if next(teacher.parameters()).device != pixel_values.device:
+            teacher.to(pixel_values.device)
+        distill = cosine_alignment_loss(self.head(features), teacher_features(teacher, pixel_values))
+        term = self.distillation_weight * distill
+        self._distill_sum = self._distill_sum + distill.detach()
+        self._distill_count += 1
+        if output.get("loss") is None:
+            # No labels: the caller computes the task loss and adds this (a per-batch mean, like each sample's).
+            output["loss"] = term
+            return output
+        labels, num_items = kwargs.get("labels"), kwargs.get("num_items_in_batch")
+        share = 1.0
+        if labels is not None and num_items is not None:
+            # The task loss is a sum over the accumulated batch's label items divided by their count; the term
+            # gets this micro-batch's share of them (counted as the Trainer counts: labels other than -100).
+            share = labels.ne(-100).sum() / torch.as_tensor(num_items, device=labels.device)
+        output["loss"] = output["loss"] + share * term
+        return output
+
+    # -- Trainer events -----------------------------------------------------------------------------
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        self.install(model)
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.student is None or (model is not None and model is not self.student):
+            raise RuntimeError(
+                "VideoMambaDistillationCallback was not installed on this Trainer's model: pass it in "
+                "Trainer(callbacks=[...]) (or call its install(model)) before train()."
+            )
+        if optimizer is not None and not _sharded(args):
+            in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            if not all(id(p) in in_optimizer for p in self.head.parameters()):
+                raise RuntimeError("The optimizer was built before the distillation head was added; let the Trainer build it.")
+        self.teacher.to(args.device)
+        self._keep_head_out_of_saves(False)
+        self._attach_hooks()
+        self._distill_sum, self._distill_count = 0.0, 0
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if not _sharded(args) and all(p.grad is None for p in self.head.parameters()):
+            raise RuntimeError(
+                "The self-distillation term never reached the loss: the student was called without labels and the "
+                "task loss computed outside it; add the student's `outputs.loss` (the term) to it."
+            )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs:
+            return
+        totals = torch.stack([torch.as_tensor(self._distill_sum, dtype=torch.float64).to(args.device),
+                              torch.tensor(float(self._distill_count), dtype=torch.float64, device=args.device)])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(totals)
+        self._distill_sum, self._distill_count = 0.0, 0
+        if totals[1] > 0:
+            logs["distill_loss"] = round((totals[0] / totals[1]).item(), 6)
+            if state.log_history and state.log_history[-1].get("step") == state.global_step and "loss" in state.log_history[-1]:
+                state.log_history[-1]["distill_loss"] = logs["distill_loss"]
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # No activations stay referenced and no teacher runs once training is over.
+        self._detach_hooks()
+        self._keep_head_out_of_saves(True)
+
+
 class VideoMambaDistillationTrainer(VideoMambaTrainer):
-    """`VideoMambaTrainer` adding the self-distillation term; logs it as `distill_loss` (and the task loss
-    as `task_loss`) next to the usual `loss`.
+    """`VideoMambaTrainer` with a `VideoMambaDistillationCallback` (kept as `self.distillation`), placed
+    first among the callbacks so reporting integrations see `distill_loss` too.
 
     Args:
         teacher: any VideoMamba model (backbone or head model) with the student's token grid.
         distillation_weight: weight of the distillation term (the paper uses 1).
     """
 
-    def __init__(self, *args, teacher: nn.Module, distillation_weight: float = 1.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        if teacher is None:
-            raise ValueError("VideoMambaDistillationTrainer needs a teacher model.")
-        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
-        self.distillation_weight = distillation_weight
-        student = self.model
-        head = VideoMambaDistillationHead(student.config.hidden_size, _backbone(teacher).config.hidden_size, student.config.layer_norm_epsilon)
-        # As a submodule the head trains (and synchronises under DDP) with the student, but is left out
-        # of the saved student.
-        student.add_module("distill_head", head.to(self.args.device))
-        student._keys_to_ignore_on_save = [f"distill_head.{name}" for name in head.state_dict()]
-        self._captured = None
-        _backbone(student).register_forward_hook(self._capture_student_features)
-        self._distill_log = {"distill_loss": 0.0, "task_loss": 0.0, "count": 0}
+    def __init__(self, *args, teacher: nn.Module, distillation_weight: float = 1.0, callbacks=None, **kwargs):
+        distillation = VideoMambaDistillationCallback(teacher, distillation_weight)
+        super().__init__(*args, callbacks=[*(callbacks or []), distillation], **kwargs)
+        self.distillation = distillation
+        self.callback_handler.callbacks.remove(distillation)
+        self.callback_handler.callbacks.insert(0, distillation)
 
-    def _capture_student_features(self, module, inputs, output):
-        self._captured = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        task_loss, outputs = self.compute_task_loss(model, inputs, num_items_in_batch)
-        if not model.training:
-            return (task_loss, outputs) if return_outputs else task_loss
-        student = self.accelerator.unwrap_model(model)
-        target = teacher_features(self.teacher, inputs["pixel_values"])
-        distill = cosine_alignment_loss(student.distill_head(self._captured), target)
-        scale = self.distillation_weight
-        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            # The task loss arrives normalised over the whole accumulated batch, so the Trainer will not
-            # divide by the accumulation steps; this per-micro-batch mean must be divided here.
-            scale = scale / self.current_gradient_accumulation_steps
-        loss = task_loss + scale * distill
-        self._distill_log["distill_loss"] += distill.item()
-        self._distill_log["task_loss"] += task_loss.item() if torch.is_tensor(task_loss) else float(task_loss)
-        self._distill_log["count"] += 1
-        self._captured = None
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict, *args, **kwargs):
-        count = self._distill_log["count"]
-        if count and "loss" in logs:
-            logs["distill_loss"] = round(self._distill_log["distill_loss"] / count, 6)
-            self._distill_log = {"distill_loss": 0.0, "task_loss": 0.0, "count": 0}
-        super().log(logs, *args, **kwargs)
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            head = self.accelerator.unwrap_model(self.model).distill_head
-            save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, os.path.join(folder, DISTILL_HEAD_FILE))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, DISTILL_HEAD_FILE)
-        if not os.path.isfile(path):
-            raise OSError(f"Checkpoint {resume_from_checkpoint} has no {DISTILL_HEAD_FILE}; it was not written by a distillation run.")
-        self.accelerator.unwrap_model(model or self.model).distill_head.load_state_dict(load_file(path))
+    @property
+    def teacher(self) -> nn.Module:
+        return self.distillation.teacher
 
 
 __all__ = [
+    "VideoMambaDistillationCallback",
     "VideoMambaDistillationHead",
     "VideoMambaDistillationTrainer",
     "cosine_alignment_loss",

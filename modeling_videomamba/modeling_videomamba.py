@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput
@@ -240,15 +241,19 @@ class VideoMambaMixer(nn.Module):
         self.in_proj = nn.Linear(hidden, 2 * inner, bias=False)
         # Parameter names follow the original checkpoints, so converted weights load without renaming.
         self.conv1d = nn.Conv1d(inner, inner, kernel, groups=inner, padding=kernel - 1)
+        # A and D are created in at least float32 whatever the default dtype: transformers applies
+        # `_keep_in_fp32_modules_strict` only to weights read from a checkpoint, so a model built in half
+        # precision (`config.dtype`, `from_config(dtype=...)`) would otherwise hold them in half.
+        ssm_dtype = torch.promote_types(torch.get_default_dtype(), torch.float32)
         self.x_proj = nn.Linear(inner, rank + 2 * state, bias=False)
         self.dt_proj = nn.Linear(rank, inner, bias=True)
-        self.A_log = nn.Parameter(torch.empty(inner, state))
-        self.D = nn.Parameter(torch.ones(inner))
+        self.A_log = nn.Parameter(torch.empty(inner, state, dtype=ssm_dtype))
+        self.D = nn.Parameter(torch.ones(inner, dtype=ssm_dtype))
         self.conv1d_b = nn.Conv1d(inner, inner, kernel, groups=inner, padding=kernel - 1)
         self.x_proj_b = nn.Linear(inner, rank + 2 * state, bias=False)
         self.dt_proj_b = nn.Linear(rank, inner, bias=True)
-        self.A_b_log = nn.Parameter(torch.empty(inner, state))
-        self.D_b = nn.Parameter(torch.ones(inner))
+        self.A_b_log = nn.Parameter(torch.empty(inner, state, dtype=ssm_dtype))
+        self.D_b = nn.Parameter(torch.ones(inner, dtype=ssm_dtype))
         self.out_proj = nn.Linear(inner, hidden, bias=False)
 
     def _stacked_ssm_parameters(self):
@@ -266,7 +271,7 @@ class VideoMambaMixer(nn.Module):
         return u, delta, B.transpose(1, 2), C.transpose(1, 2)
 
     def _forward_tokens_first(self, hidden_states: torch.Tensor, implementation: str = "fast") -> torch.Tensor:
-        """The "fast" and "native" path: the same computation kept in (B, L, channels) layout, both directions at once.
+        """The "fast", "native" and "triton" path: the same computation in (B, L, channels) layout, both directions at once.
 
         Channels [:inner] are the forward direction, [inner:] the backward one on the flipped sequence.
         Both directions share the gate silu(z), so it is applied once, after flipping back and summing.
@@ -301,7 +306,7 @@ class VideoMambaMixer(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, L, hidden_size) -> (B, L, hidden_size), in the compute dtype."""
         implementation = resolve_implementation(self.config.scan_implementation, hidden_states.device)
-        if implementation in ("fast", "native"):
+        if implementation in ("fast", "native", "triton"):
             return self._forward_tokens_first(hidden_states, implementation)
         use_kernel = implementation == "cuda"
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, inner, L) each
@@ -336,7 +341,8 @@ class VideoMambaLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, scan_order: torch.Tensor = None) -> torch.Tensor:
         """hidden_states: the residual stream (B, L, D). `scan_order` (L,) permutes the tokens the mixer sees."""
-        normed = self.norm(hidden_states).to(self.mixer.in_proj.weight.dtype)
+        # The norm's weight gives the compute dtype: it is always a float, unlike a quantized Linear's weight.
+        normed = self.norm(hidden_states).to(self.norm.weight.dtype)
         if scan_order is None:
             mixed = self.mixer(normed)
         else:
@@ -364,7 +370,9 @@ class VideoMambaPreTrainedModel(PreTrainedModel):
     input_modalities = "video"
     supports_gradient_checkpointing = True
     _no_split_modules = ["VideoMambaEmbeddings", "VideoMambaLayer"]
-    # The SSM parameters stay in fp32 when loading in fp16 or bf16 (the scan state is fp32 anyway).
+    # The SSM parameters stay in fp32 when loading in fp16 or bf16 (the scan state is fp32 anyway); the mixer
+    # also creates them in fp32, for models built in half precision. `.to(dtype)` / `.half()` still cast
+    # every parameter (transformers applies the list at build and load time only); the scan upcasts them.
     _keep_in_fp32_modules_strict = ["A_log", "A_b_log", "D", "D_b"]
 
     @torch.no_grad()
@@ -402,6 +410,9 @@ class VideoMambaPreTrainedModel(PreTrainedModel):
             init.copy_(module.out_proj.weight, module.out_proj.weight / math.sqrt(self.config.num_hidden_layers))
             if self.config.dt_init == "mamba":
                 self._init_mamba_time_step(module)
+        elif isinstance(module, VideoMambaForPreTraining):
+            # Not saved: models are built on the meta device when loaded, so the table is rebuilt here.
+            init.copy_(module.position_table, module.build_position_table())
 
     def _init_mamba_time_step(self, mixer: VideoMambaMixer):
         """Mamba's step-size init: dt ~ logUniform[min, max], bias = softplus^{-1}(dt)."""
@@ -481,8 +492,56 @@ class VideoMambaModel(VideoMambaPreTrainedModel):
         return VideoMambaModelOutput(last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states)
 
 
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, problem_type: str = None, num_items_in_batch=None, **kwargs
+) -> torch.Tensor:
+    """The classifier's loss: transformers' `problem_type` conventions, plus soft targets, never writing to the config.
+
+    logits (batch, num_labels). labels: (batch,) class ids -> cross-entropy (`ignore_index=-100` skipped);
+    float (batch, num_labels) probabilities (mixup, label smoothing) -> soft cross-entropy,
+    -sum(labels * log_softmax(logits)) averaged over samples; regression (`num_labels == 1` or
+    `problem_type="regression"`) -> MSE; multi-hot floats with `problem_type="multi_label_classification"` ->
+    binary cross-entropy. `problem_type=None` (the config's default) picks regression for one label and
+    single-label otherwise, for this call only: unlike transformers' default, float labels mean soft targets,
+    so multi-label needs the config to say so. `num_items_in_batch` (the Trainer's count of label elements
+    over the accumulated batch) turns the mean into a sum over that count, as transformers' losses do.
+    """
+    num_labels = logits.shape[-1]
+    labels = labels.to(logits.device)
+    inferred = problem_type is None
+    if inferred:
+        problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    if problem_type == "regression":
+        if num_labels == 1:
+            logits, labels = logits.squeeze(), labels.squeeze()
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    if problem_type != "single_label_classification":
+        raise ValueError(
+            f"problem_type must be 'regression', 'single_label_classification' or 'multi_label_classification'; got {problem_type!r}."
+        )
+    if not labels.is_floating_point():
+        return fixed_cross_entropy(logits.float(), labels.view(-1), num_items_in_batch=num_items_in_batch, **kwargs)
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"Soft labels must be probabilities of shape (batch, num_labels) = {tuple(logits.shape)}; got {tuple(labels.shape)}. "
+            "Pass class ids as an integer tensor of shape (batch,)."
+        )
+    if inferred and not torch.allclose(labels.sum(-1).float(), torch.ones((), device=labels.device), atol=1e-3):
+        raise ValueError(
+            "Float labels are read as probabilities (soft cross-entropy), but these rows do not sum to 1. For "
+            "multi-hot targets set config.problem_type = 'multi_label_classification'; for soft targets, normalise them."
+        )
+    per_sample = F.cross_entropy(logits.float(), labels.float(), reduction="none")
+    if num_items_in_batch is None:
+        return per_sample.mean()
+    # The Trainer counted every element of the (batch, num_labels) labels: num_labels per sample.
+    return per_sample.sum() * num_labels / num_items_in_batch
+
+
 class _VideoMambaClassifierMixin:
-    """A linear head on the normalised cls token, with transformers' loss conventions (`problem_type`)."""
+    """A linear head on the normalised cls token; the loss is `classification_loss` (follows `problem_type`)."""
 
     def _build_head(self, config: VideoMambaConfig):
         self.num_labels = config.num_labels
@@ -500,8 +559,10 @@ class _VideoMambaClassifierMixin:
         **kwargs,
     ):
         r"""
-        labels (`torch.LongTensor` of shape `(batch,)`, or float `(batch, num_labels)` for soft or
-            multi-label targets): Computes the classification loss (regression when `num_labels == 1`).
+        labels (`torch.LongTensor` of shape `(batch,)`, or float `(batch, num_labels)`): Class ids, or
+            probabilities (soft cross-entropy; mixup, label smoothing), or multi-hot targets when
+            `config.problem_type == "multi_label_classification"`; floats `(batch,)` for regression
+            (`num_labels == 1`). See `classification_loss`; the config is never changed.
         Returns logits of shape `(batch, num_labels)`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -512,7 +573,7 @@ class _VideoMambaClassifierMixin:
             return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = None if labels is None else self.loss_function(labels, logits, self.config, **kwargs)
+        loss = None if labels is None else classification_loss(logits, labels, self.config.problem_type, **kwargs)
         if not return_dict:
             output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + output) if loss is not None else output
@@ -571,11 +632,17 @@ class VideoMambaForPreTrainingOutput(ModelOutput):
     aligned_features (`torch.FloatTensor` of shape `(K, batch, 1 + N_visible, teacher_hidden_size)`):
         L2-normalised decoder outputs of the K aligned blocks at the visible tokens (cls first).
     bool_masked_pos (`torch.BoolTensor` of shape `(batch, T*h*w)`): The mask used.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
+        Visible tokens only (the masked ones never enter the blocks): the residual stream entering each
+        block, then the stream after the last block (before the final norm): `num_hidden_layers + 1`
+        tensors of shape `(batch, 1 + N_visible, hidden_size)`, cls first, then the visible patches in
+        spatial-first order (`VideoMambaModelOutput.hidden_states` restricted to the kept tokens).
     """
 
     loss: torch.FloatTensor = None
     aligned_features: torch.FloatTensor = None
     bool_masked_pos: torch.BoolTensor = None
+    hidden_states: tuple = None
 
 
 class VideoMambaAlignmentDecoder(nn.Module):
@@ -610,40 +677,50 @@ class VideoMambaForPreTraining(VideoMambaPreTrainedModel):
             raise ValueError("VideoMambaForPreTraining pretrains the video model; config.modality must be 'video'.")
         self.videomamba = VideoMambaModel(config)
         self.clip_decoder = nn.ModuleList([VideoMambaAlignmentDecoder(config) for _ in range(config.num_aligned_layers)])
-        frames, side, _ = config.grid_size
-        self.register_buffer(
-            "position_table", sinusoidal_position_table(1 + frames * side * side, config.hidden_size)[None], persistent=False
-        )
+        self.register_buffer("position_table", self.build_position_table(), persistent=False)
         self.post_init()
+
+    def build_position_table(self) -> torch.Tensor:
+        """The fixed sinusoid (1, 1 + T*h*w, hidden_size) added to the records before the decoders, float32."""
+        frames, side, _ = self.config.grid_size
+        return sinusoidal_position_table(1 + frames * side * side, self.config.hidden_size)[None]
 
     def aligned_layers(self) -> list:
         """Indices of the aligned blocks, in the order their records come out (ascending)."""
         depth, interval = self.config.num_hidden_layers, self.config.aligned_layer_interval
         return sorted(depth - 1 - k * interval for k in range(self.config.num_aligned_layers))
 
-    def _records(self, stream: torch.Tensor) -> list:
-        """Runs the blocks on the visible stream (B, 1 + N_visible, D); returns the K block records."""
+    def _records(self, stream: torch.Tensor, output_hidden_states: bool = False) -> tuple:
+        """Runs the blocks on the visible stream (B, 1 + N_visible, D); returns the K block records and, if asked,
+        the stream entering each block and after the last one (else None)."""
         backbone, wanted = self.videomamba, set(self.aligned_layers())
-        depth, records = len(backbone.layers), []
+        depth, records, streams = len(backbone.layers), [], []
         original = self.config.aligned_feature_source == "original"
         for idx, layer in enumerate(backbone.layers):
             if idx - 1 in wanted:
                 records.append(backbone.norm_f(stream))
+            if output_hidden_states:
+                streams.append(stream)
             if original and idx == depth - 1 and idx in wanted:
                 # The original's quirk: the record for the last block is the raw stream entering it. The
-                # original still runs that block and discards the result; skipping it changes nothing.
+                # original still runs that block and discards the result; skipping it changes nothing
+                # unless its output is asked for (`output_hidden_states`).
                 records.append(stream)
-                return records
+                if not output_hidden_states:
+                    return records, None
             stream = layer(stream)
-        if depth - 1 in wanted:
+        if output_hidden_states:
+            streams.append(stream)
+        if depth - 1 in wanted and not original:
             records.append(backbone.norm_f(stream))
-        return records
+        return records, (tuple(streams) if output_hidden_states else None)
 
     def forward(
         self,
         pixel_values: torch.Tensor = None,
         bool_masked_pos: torch.Tensor = None,
         teacher_features: torch.Tensor = None,
+        output_hidden_states: bool = None,
         return_dict: bool = None,
     ):
         r"""
@@ -654,7 +731,12 @@ class VideoMambaForPreTraining(VideoMambaPreTrainedModel):
         teacher_features (`torch.FloatTensor`, *optional*): Targets of shape `(batch, 1 + T*h*w, teacher_hidden_size)`
             (all tokens; the visible ones are picked with the mask), `(batch, 1 + N_visible, teacher_hidden_size)`,
             or with a leading `K` axis for one target per aligned block. Gives `loss`.
+        output_hidden_states (`bool`, *optional*): Also return the residual stream of the visible tokens
+            entering each block and after the last one (`hidden_states`).
         """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values is None:
             raise ValueError("VideoMambaForPreTraining needs pixel_values.")
@@ -677,9 +759,10 @@ class VideoMambaForPreTraining(VideoMambaPreTrainedModel):
         tokens = tokens[visible].reshape(batch, num_visible, -1)  # boolean indexing keeps token order
         stream = _at_least_fp32(tokens) if self.config.residual_in_fp32 else tokens
         positions = self.position_table.to(stream.dtype).expand(batch, -1, -1)[visible].reshape(batch, num_visible, -1)
+        records, hidden_states = self._records(stream, output_hidden_states)
         aligned = []
-        for record, decoder in zip(self._records(stream), self.clip_decoder):
-            decoded = decoder((record + positions).to(decoder.head.weight.dtype))
+        for record, decoder in zip(records, self.clip_decoder):
+            decoded = decoder((record + positions).to(tokens.dtype))
             aligned.append(F.normalize(decoded, dim=-1))
         aligned = torch.stack(aligned)  # (K, B, 1 + N_visible, teacher_hidden_size)
 
@@ -695,11 +778,14 @@ class VideoMambaForPreTraining(VideoMambaPreTrainedModel):
                 )
             loss = alignment_loss(aligned, target)
         if not return_dict:
-            return tuple(v for v in (loss, aligned, bool_masked_pos) if v is not None)
-        return VideoMambaForPreTrainingOutput(loss=loss, aligned_features=aligned, bool_masked_pos=bool_masked_pos)
+            return tuple(v for v in (loss, aligned, bool_masked_pos, hidden_states) if v is not None)
+        return VideoMambaForPreTrainingOutput(
+            loss=loss, aligned_features=aligned, bool_masked_pos=bool_masked_pos, hidden_states=hidden_states
+        )
 
 
 __all__ = [
+    "classification_loss",
     "interpolate_position_embeddings",
     "interpolate_temporal_embeddings",
     "VideoMambaModel",

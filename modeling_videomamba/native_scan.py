@@ -3,13 +3,29 @@
 The C++ source ships as package data (csrc/selective_scan_cpu.cpp) and is compiled on first use by
 `torch.utils.cpp_extension.load` into the torch extensions cache (~/.cache/torch_extensions, or
 $TORCH_EXTENSIONS_DIR), so later processes only load the built library. Nothing is built at import.
-A build is attempted at most once per process: if it fails (no compiler, no headers, no ninja) one
+
+The cache entry's name carries a hash of the source, torch's version, the Python ABI, the compiler
+flags and the CPU's vector capability, so checkouts, venvs and machines never rebuild over each other.
+A build runs under a lock of our own (an OS file lock, released by the kernel if the process dies) and
+is marked complete only once its library loads; later processes import a completed library directly,
+without ninja, a compiler or any lock. Under our lock, a lock file torch left in the build directory
+can only be a crashed build's, so it is removed (torch itself would wait on it forever). A process
+waits at most VIDEOMAMBA_NATIVE_SCAN_WAIT seconds (default 600) for another process's build.
+
+A build is attempted at most once per process: if it fails (no compiler, no ninja, a timeout) one
 warning is issued and callers fall back to the pure-PyTorch "fast" scan. VIDEOMAMBA_NATIVE_SCAN=0
 disables the native scan altogether (no build is attempted).
 """
 
-import glob
+import contextlib
+import hashlib
+import importlib.util
 import os
+import shlex
+import shutil
+import sys
+import sysconfig
+import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +36,11 @@ logger = logging.get_logger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
 ENV_VAR = "VIDEOMAMBA_NATIVE_SCAN"
+WAIT_ENV_VAR = "VIDEOMAMBA_NATIVE_SCAN_WAIT"
+# How long a process waits for another one's build of the same library before giving up (seconds).
+DEFAULT_WAIT = 600.0
+# Written into the build directory once the library built and loaded: its presence means "complete".
+DONE_MARKER = "built.ok"
 # Tokens between the states the forward keeps for the backward: the backward recomputes a block's
 # states from them, so memory is O(L / CHECKPOINT_EVERY * dim * N) instead of O(L * dim * N).
 CHECKPOINT_EVERY = 64
@@ -28,46 +49,214 @@ _module = None
 _failure = None  # the reason the one build attempt of this process failed, if it did
 
 
+class NativeBuildError(RuntimeError):
+    """The native scan cannot be built here; the message says what is missing."""
+
+
 def native_scan_enabled() -> bool:
     """False when the environment variable VIDEOMAMBA_NATIVE_SCAN is set to 0."""
     return os.environ.get(ENV_VAR, "1").strip() != "0"
 
 
-def _is_cached(name: str) -> bool:
-    """Whether a built library of `name` is in torch's extensions directory (so loading is quick)."""
-    from torch.utils.cpp_extension import get_default_build_root
+def _build_options():
+    """(cflags, ldflags, capability tag) for this CPU.
 
-    custom_root = os.environ.get("TORCH_EXTENSIONS_DIR")
-    # torch puts builds under <root>/<python>_<accelerator>/ unless TORCH_EXTENSIONS_DIR is set.
-    pattern = os.path.join(custom_root, name) if custom_root else os.path.join(get_default_build_root(), "*", name)
-    return bool(glob.glob(os.path.join(pattern, f"{name}*.so")))
-
-
-def _build():
-    """Compile (or load the cached build of) the extension; raises whatever the toolchain raises."""
-    from torch.utils.cpp_extension import load
-
-    # The kernel's 16-lane tiles fill one AVX-512 register or two AVX2 ones. The instruction set is part
-    # of the name so builds for different CPUs never share a cache entry.
+    The kernel's 16-lane tiles fill one AVX-512 register or two AVX2 ones.
+    """
     capability = torch.backends.cpu.get_cpu_capability()
     vector_flags = {
         "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mprefer-vector-width=512"],
         "AVX2": ["-mavx2", "-mfma"],
     }.get(capability, [])
-    name = "videomamba_selective_scan_cpu_" + (capability.lower() if vector_flags else "generic")
-    if not _is_cached(name):
-        logger.warning(
-            f"Compiling the native CPU selective scan once for this machine (about a minute); later runs load "
-            f"it from torch's extensions cache. Set {ENV_VAR}=0 to use the pure-PyTorch scan instead."
+    # -fno-trapping-math lets GCC turn exp's clamps into selects, which the lane loops need to vectorise.
+    cflags = ["-O3", "-fno-trapping-math", "-fopenmp"] + vector_flags
+    return cflags, ["-fopenmp"], capability.lower() if vector_flags else "generic"
+
+
+def build_name(source: bytes = None) -> str:
+    """The cache entry's name: videomamba_selective_scan_cpu_<capability>_<hash>.
+
+    The hash covers everything the library depends on: the C++ source, torch's version (its headers
+    and ABI), the Python ABI (the module is a CPython extension) and the compiler flags.
+    """
+    cflags, ldflags, capability = _build_options()
+    if source is None:
+        source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source)
+    for part in (torch.__version__, sys.implementation.cache_tag, sysconfig.get_config_var("SOABI") or "",
+                 " ".join(cflags + ldflags)):
+        digest.update(b"\0" + str(part).encode())
+    return f"videomamba_selective_scan_cpu_{capability}_{digest.hexdigest()[:12]}"
+
+
+def build_directory(name: str) -> Path:
+    """Where `name` is built: $TORCH_EXTENSIONS_DIR/<name>, else torch's default root/<name>.
+
+    The name already separates Python and torch versions, so no per-interpreter subfolder is needed.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+
+
+def _is_cached(directory: Path) -> bool:
+    """Whether `directory` holds a completed build (so loading is quick and needs no toolchain)."""
+    return (directory / DONE_MARKER).is_file() and (directory / f"{directory.name}.so").is_file()
+
+
+def _import_library(directory: Path):
+    """Import the built extension module <directory>/<name>.so."""
+    name = directory.name
+    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.so")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ninja_folder():
+    """The folder holding a `ninja` executable: "" when it is already on PATH.
+
+    torch runs `ninja` through PATH, but a venv's bin folder (where the `ninja` dependency installs it)
+    is not on PATH when Python is started by its full path.
+    """
+    if shutil.which("ninja") is not None:
+        return ""
+    candidates = [os.path.dirname(sys.executable)]
+    with contextlib.suppress(ImportError):
+        import ninja
+
+        candidates.insert(0, getattr(ninja, "BIN_DIR", ""))
+    found = next((folder for folder in candidates if folder and shutil.which("ninja", path=folder)), None)
+    if found is None:
+        raise NativeBuildError("the `ninja` build tool was not found (pip install ninja)")
+    return found
+
+
+@contextlib.contextmanager
+def _on_path(folder: str):
+    """Prepend `folder` to PATH for the duration (nothing when it is "")."""
+    if not folder:
+        yield
+        return
+    previous = os.environ.get("PATH")
+    os.environ["PATH"] = folder + os.pathsep + (previous or "")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = previous
+
+
+def _check_compiler():
+    """Raise NativeBuildError naming the compiler when torch's C++ compiler ($CXX, else c++) is absent."""
+    command = os.environ.get("CXX", "c++")
+    program = shlex.split(command)[0] if command.strip() else ""
+    if not program or shutil.which(program) is None:
+        raise NativeBuildError(
+            f"no C++ compiler found (CXX={command!r} is not an executable)"
+            if "CXX" in os.environ
+            else "no C++ compiler found (`c++` is not on PATH; install g++ or clang, or set CXX)"
         )
-    return load(
-        name=name,
-        sources=[str(SOURCE)],
-        # -fno-trapping-math lets GCC turn exp's clamps into selects, which the lane loops need to vectorise.
-        extra_cflags=["-O3", "-fno-trapping-math", "-fopenmp"] + vector_flags,
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, timeout: float):
+    """Hold an exclusive OS lock on `lock_path`, waiting at most `timeout` seconds for it; yields whether
+    an OS lock is held (False where flock does not exist).
+
+    flock locks belong to the open file: the kernel drops them when their process exits, however it
+    exits, so a killed build never leaves this lock behind (unlike torch's lock file).
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): rely on torch's own lock file
+        yield False
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NativeBuildError(
+                        f"another process has been building the native scan for over {timeout:.0f} s (lock "
+                        f"{lock_path}); set {WAIT_ENV_VAR} to wait longer"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _wait_seconds() -> float:
+    value = os.environ.get(WAIT_ENV_VAR, "")
+    try:
+        return float(value) if value.strip() else DEFAULT_WAIT
+    except ValueError:
+        raise NativeBuildError(f"{WAIT_ENV_VAR} must be a number of seconds; got {value!r}") from None
+
+
+def _compile(directory: Path, source: bytes, ninja_folder: str, locked: bool = True):
+    """Build the library into `directory` with torch and import it; `locked`: we hold our OS lock."""
+    from torch.utils.cpp_extension import load
+
+    stale = directory / "lock"
+    if locked and stale.exists():
+        # We hold the only lock under which this library is ever built: torch's lock file is a crashed
+        # or killed build's leftover, and torch would wait on it forever.
+        warnings.warn(
+            f"Removing a stale build lock {stale} left by an interrupted build of the native CPU scan.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        stale.unlink()
+    # The source is copied into the build directory so the build commands name the same file whatever
+    # checkout or venv builds it: ninja then sees nothing to redo across them.
+    copy = directory / SOURCE.name
+    if not copy.is_file() or copy.read_bytes() != source:
+        copy.write_bytes(source)
+    cflags, ldflags, _ = _build_options()
+    with _on_path(ninja_folder):
+        module = load(
+            name=directory.name,
+            sources=[str(copy)],
+            extra_cflags=cflags,
+            extra_ldflags=ldflags,
+            build_directory=str(directory),
+            verbose=False,
+        )
+    (directory / DONE_MARKER).write_text(f"torch {torch.__version__}, python {sys.version.split()[0]}\n")
+    return module
+
+
+def _build():
+    """Load the completed build of this source, or build it now; raises when the toolchain fails."""
+    source = SOURCE.read_bytes()
+    directory = build_directory(build_name(source))
+    if _is_cached(directory):
+        try:
+            return _import_library(directory)
+        except (ImportError, OSError) as error:  # a damaged library: build it again below
+            logger.warning(f"The cached native CPU scan {directory} does not load ({error}); rebuilding it.")
+            (directory / DONE_MARKER).unlink(missing_ok=True)
+    # Checked before anything is written or announced, so a missing tool gives one clear warning.
+    _check_compiler()
+    ninja_folder = _ninja_folder()
+    logger.warning(
+        f"Compiling the native CPU selective scan once for this machine (about a minute); later runs load "
+        f"it from torch's extensions cache. Set {ENV_VAR}=0 to use the pure-PyTorch scan instead."
     )
+    directory.mkdir(parents=True, exist_ok=True)
+    with _exclusive(directory.with_name(directory.name + ".lock"), _wait_seconds()) as locked:
+        if _is_cached(directory):  # another process finished the build while we waited
+            return _import_library(directory)
+        return _compile(directory, source, ninja_folder, locked)
 
 
 def load_native_scan():

@@ -13,6 +13,19 @@ from .masking import MaskingCallback, MaskingSpec, generate_mask
 from .training_utils import DatasetEpochCallback
 
 
+def parameters_outside_the_loss(model) -> list:
+    """Parameters of a `VideoMambaForPreTraining` that no aligned record depends on, so never get a gradient:
+    with `aligned_feature_source="original"` the last block (its record is the stream entering it) and, when no
+    other record reads it, the final norm."""
+    if model.config.aligned_feature_source != "original":
+        return []
+    backbone = model.videomamba
+    unused = list(backbone.layers[-1].parameters())
+    if model.aligned_layers() == [len(backbone.layers) - 1]:
+        unused += list(backbone.norm_f.parameters())
+    return unused
+
+
 def _is_video_model(model) -> bool:
     return getattr(model.config, "num_frames", None) is not None
 
@@ -49,6 +62,8 @@ def teacher_targets(teacher, pixel_values: torch.Tensor, need_attention: bool = 
 class VideoMambaPreTrainingTrainer(Trainer):
     """Trainer for `VideoMambaForPreTraining`: per batch, teacher targets -> mask -> student alignment loss.
 
+    Backbone parameters that cannot reach the loss (`parameters_outside_the_loss`) are frozen; they are still saved.
+
     Args:
         teacher: the frozen teacher (kept in eval mode, never saved).
         mask_type, mask_ratio: the masking strategy (see `masking`).
@@ -57,6 +72,11 @@ class VideoMambaPreTrainingTrainer(Trainer):
 
     def __init__(self, *args, teacher, mask_type: str = "tube", mask_ratio: float = 0.8, mask_schedule=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Frozen before `train()` builds the optimizer and DDP, which then leave them out: DDP without
+        # unused-parameter search (the Trainer's choice under activation checkpointing) would otherwise wait
+        # for their gradients forever ("Expected to have finished reduction in the prior iteration").
+        for parameter in parameters_outside_the_loss(self.model):
+            parameter.requires_grad_(False)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.masking = MaskingSpec(mask_type, mask_ratio)
         self.add_callback(DatasetEpochCallback(self))
@@ -77,4 +97,4 @@ class VideoMambaPreTrainingTrainer(Trainer):
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
-__all__ = ["VideoMambaPreTrainingTrainer", "teacher_targets"]
+__all__ = ["VideoMambaPreTrainingTrainer", "parameters_outside_the_loss", "teacher_targets"]

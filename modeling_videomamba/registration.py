@@ -14,6 +14,7 @@ from transformers import (
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from .configuration_videomamba import VideoMambaConfig
+from .configuration_videomamba_video_text import VideoMambaVideoTextConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
     VideoMambaForPreTraining,
@@ -22,6 +23,8 @@ from .modeling_videomamba import (
 )
 from .processors.image_processing_videomamba import VideoMambaImageProcessor
 from .processors.processing_videomamba import VideoMambaProcessor
+from .modeling_videomamba_video_text import VideoMambaVideoTextModel
+from .processors.processing_videomamba_video_text import VideoMambaVideoTextProcessor
 from .processors.video_processing_videomamba import VideoMambaVideoProcessor
 
 MODEL_AUTO_CLASSES = (
@@ -53,3 +56,11 @@ def register_auto_classes():
     VideoMambaImageProcessor.register_for_auto_class("AutoImageProcessor")
     AutoProcessor.register(VideoMambaConfig, VideoMambaProcessor, exist_ok=True)
     VideoMambaProcessor.register_for_auto_class("AutoProcessor")
+    # The video-text model: its own config type, the video processor for its clips, a processor with a tokenizer.
+    AutoConfig.register(VideoMambaVideoTextConfig.model_type, VideoMambaVideoTextConfig, exist_ok=True)
+    VideoMambaVideoTextConfig.register_for_auto_class("AutoConfig")
+    AutoModel.register(VideoMambaVideoTextConfig, VideoMambaVideoTextModel, exist_ok=True)
+    VideoMambaVideoTextModel.register_for_auto_class("AutoModel")
+    AutoVideoProcessor.register(VideoMambaVideoTextConfig, VideoMambaVideoProcessor, exist_ok=True)
+    AutoProcessor.register(VideoMambaVideoTextConfig, VideoMambaVideoTextProcessor, exist_ok=True)
+    VideoMambaVideoTextProcessor.register_for_auto_class("AutoProcessor")

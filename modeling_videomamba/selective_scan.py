@@ -23,21 +23,28 @@ back in the dtype of `u`. Implementations:
 - "native": the "fast" layout computed by a compiled C++ CPU kernel (the recurrence with the step-size
   bias, softplus and D fused in, threads over batch x channels, its own adjoint backward), built on
   first use; see `native_scan`. When it cannot be built, one warning is issued and "fast" is used instead.
-- "cuda": mamba-ssm's fused kernel, imported lazily (optional extra `pip install .[cuda]`).
+- "cuda": mamba-ssm's fused kernel (and causal-conv1d's in the mixer), imported lazily (optional extra
+  `pip install .[cuda]`).
+- "triton": the "fast" layout computed by Triton kernels (CUDA tensors; no compiled extension to
+  build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`.
 
-"auto" picks "cuda" on CUDA devices with mamba-ssm, else "native" on CPU when the kernel is built or
+"auto" picks "cuda" on CUDA devices when both packages import, their extensions load and a tiny call
+of each runs there (probed once per process); otherwise, after one warning naming what is missing,
+"triton" when Triton is usable there, else "fast". On CPU it picks "native" when the kernel is built or
 builds now (once per process; VIDEOMAMBA_NATIVE_SCAN=0 turns this off), else "fast".
 """
 
+import functools
 import importlib.util
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 from .native_scan import NativeScan, native_scan_available
 
-IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda")
+IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda", "triton")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -207,11 +214,15 @@ def selective_scan_tokens_first(
 
     u, delta, z : (batch, L, dim)      A : (dim, N)      B, C : (batch, L, groups, N)
     D, delta_bias : (dim,). Returns (y (batch, L, dim) in u's dtype, last state (batch, dim, N)).
-    `implementation` is "fast" (pure PyTorch) or "native" (the compiled CPU kernel; "fast" with one
-    warning when it cannot be built).
+    `implementation` is "fast" (pure PyTorch), "native" (the compiled CPU kernel; "fast" with one
+    warning when it cannot be built) or "triton" (the Triton kernels, CUDA tensors; see `triton_scan`).
     """
-    if implementation not in ("fast", "native"):
-        raise ValueError(f"selective_scan_tokens_first supports 'fast' and 'native'; got {implementation!r}.")
+    if implementation not in ("fast", "native", "triton"):
+        raise ValueError(f"selective_scan_tokens_first supports 'fast', 'native' and 'triton'; got {implementation!r}.")
+    if implementation == "triton":
+        from .triton_scan import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if implementation == "native" and u.device.type != "cpu":
         raise ValueError(f"scan_implementation='native' is a CPU kernel; got tensors on {u.device}.")
     out_dtype = u.dtype
@@ -258,8 +269,8 @@ def selective_scan_fast(
     """The selective scan as an exact blocked sequential scan with its own memory-light backward.
 
     Same contract and results as `selective_scan_reference` (shapes in the module docstring): a
-    layout change around `selective_scan_tokens_first`, whose `implementation` ("fast" or "native")
-    it passes on.
+    layout change around `selective_scan_tokens_first`, whose `implementation` ("fast", "native" or
+    "triton") it passes on.
     """
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
@@ -279,34 +290,110 @@ def selective_scan_fast(
     return (y, last_state) if return_last_state else y
 
 
+_cuda_problem = {}  # device type -> what keeps the CUDA kernels from working ("" when they work)
+_cuda_warned = False
+
+
+def _probe_cuda_kernels(device: torch.device) -> str:
+    """What keeps mamba-ssm's and causal-conv1d's kernels from running on `device`; "" when they run.
+
+    Both packages must import (which loads their compiled extensions: a build for another torch or CUDA
+    fails here with an undefined symbol) and a tiny call of each must run on the device (a build
+    without this GPU's architecture fails only then, with "no kernel image").
+    """
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is available"
+    missing = []
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception as error:  # ImportError, or an OSError/RuntimeError from a broken extension
+        missing.append(f"mamba-ssm ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except Exception as error:
+        missing.append(f"causal-conv1d ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+    if missing:
+        return "not usable: " + "; ".join(missing)
+    try:
+        x = torch.randn(1, 8, 4, device=device)
+        selective_scan_fn(x, x, -torch.ones(8, 2, device=device), x[:, :2], x[:, :2], delta_softplus=True)
+        causal_conv1d_fn(x, torch.ones(8, 4, device=device), activation="silu")
+    except Exception as error:
+        return f"installed, but their kernels failed on {device} ({type(error).__name__}: {str(error).splitlines()[0]})"
+    return ""
+
+
+def cuda_kernels_problem(device=None) -> str:
+    """Why scan_implementation="cuda" cannot run on `device` (default: CUDA); "" when it can. Probed once."""
+    device = torch.device("cuda" if device is None else device)
+    if device.type not in _cuda_problem:
+        _cuda_problem[device.type] = _probe_cuda_kernels(device)
+    return _cuda_problem[device.type]
+
+
 def cuda_kernels_available() -> bool:
-    """Whether mamba-ssm's selective-scan kernel can be used here (installed and a CUDA device present)."""
-    return torch.cuda.is_available() and importlib.util.find_spec("mamba_ssm") is not None
+    """Whether mamba-ssm's and causal-conv1d's kernels run here: both import, their extensions load and
+    a tiny call of each runs on the CUDA device (probed once per process)."""
+    return torch.cuda.is_available() and not cuda_kernels_problem()
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the Triton scan can run here: Triton imports and a CUDA device is present (probed once)."""
+    if not torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton.language  # noqa: F401
+    except Exception:  # a broken install must not break "auto"; it falls back to the PyTorch scans
+        return False
+    return True
 
 
 def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except ImportError as error:
-        raise ImportError(
-            "scan_implementation='cuda' needs mamba-ssm; install it with `pip install .[cuda]` on a CUDA machine."
-        ) from error
-    if not u.is_cuda:
-        raise ValueError("scan_implementation='cuda' needs CUDA tensors; got tensors on " f"{u.device}.")
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
     return selective_scan_fn(
         u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
         return_last_state=return_last_state,
     )
 
 
+def _auto_on_cuda() -> str:
+    """"auto" for CUDA tensors: the mamba-ssm kernels when they run here, else (after one warning) the
+    Triton scan when Triton is usable, else "fast"."""
+    global _cuda_warned
+    problem = cuda_kernels_problem()
+    if not problem:
+        return "cuda"
+    fallback = "triton" if triton_available() else "fast"
+    if not _cuda_warned:
+        _cuda_warned = True
+        warnings.warn(
+            f"scan_implementation='auto': the mamba-ssm / causal-conv1d CUDA kernels are {problem}; using the "
+            f"{fallback!r} scan instead (install both with `pip install .[cuda]` for the fused kernels).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return fallback
+
+
 def resolve_implementation(implementation: str, device: torch.device) -> str:
-    """Map "auto" to a concrete implementation for tensors on `device`."""
+    """Map "auto" to a concrete implementation for tensors on `device`; check that "cuda" can run there."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"Unknown selective-scan implementation {implementation!r}; expected one of {IMPLEMENTATIONS}.")
     if implementation == "auto":
-        if device.type == "cuda" and cuda_kernels_available():
-            return "cuda"
+        if device.type == "cuda":
+            return _auto_on_cuda()
         return "native" if device.type == "cpu" and native_scan_available() else "fast"
+    if implementation == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"scan_implementation='cuda' needs CUDA tensors; got tensors on {device}.")
+        problem = cuda_kernels_problem(device)
+        if problem:
+            raise ImportError(
+                f"scan_implementation='cuda': the mamba-ssm / causal-conv1d kernels are {problem}. Install both "
+                "with `pip install .[cuda]`, or use scan_implementation='auto' to fall back."
+            )
     if implementation == "native" and device.type == "cpu" and not native_scan_available():
         return "fast"  # native_scan_available() has warned once
     return implementation
@@ -354,7 +441,7 @@ def selective_scan(
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if implementation == "cuda":
         return _selective_scan_cuda(*args)
-    if implementation in ("fast", "native"):
+    if implementation in ("fast", "native", "triton"):
         return selective_scan_fast(*args, implementation=implementation)
     return selective_scan_reference(*args)
 
@@ -398,5 +485,7 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_tokens_first",
     "cuda_kernels_available",
+    "cuda_kernels_problem",
     "native_scan_available",
+    "triton_available",
 ]

@@ -7,6 +7,13 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+import torch
+
+# Triton decorates its own library functions when it is first imported, so its CPU interpreter must
+# be on before anything imports triton. Without CUDA Triton can run nothing else, so no other test
+# is affected; tests/test_triton_scan.py then runs the Triton scan's kernels on CPU tensors.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 # pytest puts tests/ on sys.path (rootdir-relative "prepend" import mode), so test modules import it too.
 from video_fixtures import FORMATS, make_frames, patch_avi_frame_count, write_audio_only, write_video

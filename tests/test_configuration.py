@@ -48,7 +48,7 @@ def test_unknown_preset_is_named():
         ({"num_frames": 5, "tubelet_size": 2}, "divisible by tubelet_size"),
         ({"hidden_size": 0}, "hidden_size must be a positive integer"),
         ({"state_size": 2.5}, "state_size"),
-        ({"scan_implementation": "triton"}, "scan_implementation"),
+        ({"scan_implementation": "flash"}, "scan_implementation"),
         ({"token_order": "random"}, "token_order"),
         ({"drop_path_rate": 1.5}, "drop_path_rate"),
         ({"modality": "audio"}, "modality"),

@@ -219,7 +219,7 @@ def test_multimodal_vision_tower(tmp_path, caplog):
     })
     out = tmp_path / "mm"
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        convert_original_checkpoint(save(tmp_path, {"model": checkpoint}), output_dir=out)
+        convert_original_checkpoint(save(tmp_path, {"model": checkpoint}), output_dir=out, vision_only=True)
     assert "outside the multimodal model's vision tower): temp, text_encoder.bert.embeddings.word_embeddings.weight, vision_proj.weight." in caplog.text
     assert "pool_norm.weight" in caplog.text and "clip_decoder.0.head.weight" in caplog.text
     model = AutoModel.from_pretrained(out)

@@ -1,4 +1,6 @@
-"""Self-distillation: the loss, the head, the Trainer (logging, frozen teacher, what is saved, resume)."""
+"""Self-distillation: the loss, the head, the callback on a stock Trainer and through `VideoMambaDistillationTrainer`
+(the term, its normalisation under gradient accumulation, mixed clips, logging, frozen teacher, what is saved,
+resume, hooks gone after training). Two-process runs are in test_training.py (test_two_process_runs)."""
 
 import json
 import sys
@@ -8,16 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification
 from modeling_videomamba.distillation import (
-    DISTILL_HEAD_FILE,
+    VideoMambaDistillationCallback,
     VideoMambaDistillationHead,
     VideoMambaDistillationTrainer,
     cosine_alignment_loss,
-    teacher_features,
 )
+from modeling_videomamba.training_utils import MixupCutmix, VideoMambaTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "trainer_scripts"))
@@ -55,6 +57,14 @@ def _args(tmp_path, **overrides):
     return TrainingArguments(**{**values, **overrides})
 
 
+def _independent_distillation(student, teacher, pixel_values):
+    """mean(2 - 2 cos) of the head on the student's final normed tokens vs the teacher's, from first principles."""
+    with torch.no_grad():
+        student_tokens = student.videomamba(pixel_values).last_hidden_state
+        teacher_tokens = teacher.videomamba(pixel_values).last_hidden_state
+        return (2 - 2 * F.cosine_similarity(student.distill_head(student_tokens), teacher_tokens, dim=-1)).mean()
+
+
 def test_cosine_alignment_loss_is_mean_two_minus_two_cosine():
     student, teacher = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
     expected = (2 - 2 * F.cosine_similarity(student, teacher, dim=-1)).mean()
@@ -72,57 +82,111 @@ def test_head_is_rmsnorm_then_linear_to_the_teacher_width():
     assert head(features).shape == (2, 65, 24)
 
 
-def test_distillation_adds_the_term_logs_it_and_keeps_the_teacher_frozen(tmp_path):
+@pytest.mark.parametrize("weight", [1.0, 0.3])
+def test_callback_on_a_stock_trainer_adds_the_weighted_term_to_the_task_loss(tmp_path, weight):
     student, teacher = _student(), _teacher()
-    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    trainer = VideoMambaDistillationTrainer(model=student, args=_args(tmp_path), train_dataset=_Clips(), teacher=teacher)
-
-    # One loss evaluation by hand: task loss + weight * mean(2 - 2 cos) over ALL tokens.
+    trainer = Trainer(model=student, args=_args(tmp_path), train_dataset=_Clips(),
+                      callbacks=[VideoMambaDistillationCallback(teacher, weight)])
+    assert isinstance(student.distill_head, VideoMambaDistillationHead)
     batch = {"pixel_values": torch.randn(2, 4, 3, 32, 32), "labels": torch.tensor([0, 2])}
     student.train()
-    torch.manual_seed(0)
     loss = trainer.compute_loss(student, dict(batch))
     with torch.no_grad():
-        outputs = student.videomamba(batch["pixel_values"])
-        task = F.cross_entropy(student.classifier(outputs.pooler_output), batch["labels"])
-        distill = cosine_alignment_loss(student.distill_head(outputs.last_hidden_state), teacher_features(teacher, batch["pixel_values"]))
-    torch.testing.assert_close(loss.detach(), task + distill, atol=1e-5, rtol=1e-5)
+        task = F.cross_entropy(student(batch["pixel_values"]).logits, batch["labels"])
+    distill = _independent_distillation(student, teacher, batch["pixel_values"])
     assert distill > 0.1
+    torch.testing.assert_close(loss.detach(), task + weight * distill, atol=1e-5, rtol=1e-5)
+    # With `num_items_in_batch` (a sum over the accumulated batch's 6 labels), this micro-batch holds 2 of them.
+    loss = trainer.compute_loss(student, dict(batch), num_items_in_batch=torch.tensor(6))
+    with torch.no_grad():
+        task_sum = F.cross_entropy(student(batch["pixel_values"]).logits, batch["labels"], reduction="sum")
+    torch.testing.assert_close(loss.detach(), task_sum / 6 + 2 / 6 * weight * distill, atol=1e-5, rtol=1e-5)
+    # Without labels the term alone is the loss (for a Trainer that computes the task loss itself).
+    torch.testing.assert_close(student(batch["pixel_values"]).loss.detach(), weight * distill, atol=1e-5, rtol=1e-5)
+    # Evaluation forwards carry no term.
+    student.eval()
+    with torch.no_grad():
+        assert student(batch["pixel_values"]).loss is None
 
+
+def _one_update(tmp_path, trainer_class, batch_size, accumulation, **trainer_kwargs):
+    student, teacher = _student(), _teacher()
+    args = _args(
+        tmp_path / f"{trainer_class.__name__}{batch_size}", per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
+        max_grad_norm=0,
+    )
+    trainer_class(model=student, args=args, train_dataset=_Clips(), callbacks=[VideoMambaDistillationCallback(teacher, 0.7)], **trainer_kwargs).train()
+    return torch.cat([p.detach().flatten() for p in student.parameters()])
+
+
+@pytest.mark.parametrize("trainer_class,kwargs", [
+    (Trainer, {}),  # hard labels: the model's loss, normalised by num_items_in_batch
+    (VideoMambaTrainer, {"batch_mixer": MixupCutmix(num_labels=3, label_smoothing=0.2)}),  # soft labels: loss outside the model
+])
+def test_gradient_accumulation_gives_the_whole_batch_update(tmp_path, trainer_class, kwargs):
+    whole = _one_update(tmp_path, trainer_class, 4, 1, **kwargs)
+    accumulated = _one_update(tmp_path, trainer_class, 2, 2, **kwargs)
+    torch.testing.assert_close(accumulated, whole, atol=1e-5, rtol=1e-4)
+
+
+def test_the_teacher_sees_the_mixed_clips_the_student_sees(tmp_path):
+    student, teacher = _student(), _teacher()
+    seen = {"student": [], "teacher": []}
+    student.register_forward_pre_hook(lambda m, a, k: seen["student"].append(k["pixel_values"].clone()) if m.training else None, with_kwargs=True)
+    teacher.videomamba.register_forward_pre_hook(lambda m, a, k: seen["teacher"].append(k["pixel_values"].clone()), with_kwargs=True)
+    dataset = _Clips(4)
+    trainer = VideoMambaDistillationTrainer(
+        model=student, args=_args(tmp_path, max_steps=2), train_dataset=dataset, teacher=teacher,
+        batch_mixer=MixupCutmix(num_labels=3, mixup_alpha=1.0),
+    )
+    trainer.train()
+    assert len(seen["student"]) == len(seen["teacher"]) == 2
+    for student_clips, teacher_clips in zip(seen["student"], seen["teacher"]):
+        torch.testing.assert_close(teacher_clips, student_clips)
+        # ...and they are mixed: no clip of the dataset is among them unchanged.
+        assert not any(torch.allclose(clip, original) for clip in student_clips for original in dataset.pixel_values)
+
+
+def test_a_term_that_never_reaches_the_loss_is_an_error(tmp_path):
+    student = _student()
+    trainer = Trainer(
+        model=student, args=_args(tmp_path), train_dataset=_Clips(), callbacks=[VideoMambaDistillationCallback(_teacher())],
+        compute_loss_func=lambda outputs, labels, num_items_in_batch=None: F.cross_entropy(outputs.logits, labels),
+    )
+    with pytest.raises(RuntimeError, match="never reached the loss"):
+        trainer.train()
+
+
+def test_training_logs_saves_the_student_alone_and_resumes_the_head(tmp_path):
+    student, teacher = _student(), _teacher()
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    callback = VideoMambaDistillationCallback(teacher)
+    trainer = Trainer(model=student, args=_args(tmp_path, save_strategy="steps", save_steps=2), train_dataset=_Clips(), callbacks=[callback])
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 4 and all(0 < entry["distill_loss"] <= 4 for entry in logged)
     assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
     for name, tensor in teacher.state_dict().items():
         assert torch.equal(tensor, teacher_before[name]), name
+    # After training no hook is left to run the teacher or keep activations.
+    assert not student._forward_hooks and not student.videomamba._forward_hooks
+    student.train()
+    assert student(torch.randn(1, 4, 3, 32, 32)).loss is None
 
-
-def test_distillation_weight_scales_the_term(tmp_path):
-    batch = {"pixel_values": torch.randn(2, 4, 3, 32, 32), "labels": torch.tensor([0, 2])}
-    losses = []
-    for weight in (0.0, 1.0, 3.0):
-        student = _student().train()
-        trainer = VideoMambaDistillationTrainer(model=student, args=_args(tmp_path), train_dataset=_Clips(), teacher=_teacher(), distillation_weight=weight)
-        losses.append(trainer.compute_loss(student, dict(batch)).item())
-    torch.testing.assert_close(losses[2] - losses[0], 3 * (losses[1] - losses[0]), atol=1e-4, rtol=1e-4)
-
-
-def test_saved_student_has_neither_teacher_nor_head_and_checkpoints_resume_the_head(tmp_path):
-    student = _student()
-    trainer = VideoMambaDistillationTrainer(
-        model=student, args=_args(tmp_path, save_strategy="steps", save_steps=2), train_dataset=_Clips(), teacher=_teacher()
-    )
-    trainer.train()
     trainer.save_model()
     saved = load_file(tmp_path / "model.safetensors")
-    assert not [k for k in saved if "distill" in k or "teacher" in k]
     assert set(saved) == {k for k in student.state_dict() if not k.startswith("distill_head.")}
     reloaded = VideoMambaForVideoClassification.from_pretrained(tmp_path)
+    assert torch.isfinite(reloaded(torch.randn(1, 4, 3, 32, 32)).logits).all()
     torch.testing.assert_close(reloaded.classifier.weight, student.classifier.weight)
 
-    head_at_2 = load_file(tmp_path / "checkpoint-2" / DISTILL_HEAD_FILE)
+    # A checkpoint carries the head; resuming from it continues with it.
+    head_at_2 = {k[len("distill_head."):]: v for k, v in load_file(tmp_path / "checkpoint-2" / "model.safetensors").items() if k.startswith("distill_head.")}
+    assert set(head_at_2) == set(student.distill_head.state_dict())
     resumed_student = _student()
-    resumed = VideoMambaDistillationTrainer(model=resumed_student, args=_args(tmp_path, max_steps=2), train_dataset=_Clips(), teacher=_teacher())
+    resumed = Trainer(model=resumed_student, args=_args(tmp_path / "resumed", max_steps=2), train_dataset=_Clips(),
+                      callbacks=[VideoMambaDistillationCallback(_teacher())])
     resumed._load_from_checkpoint(str(tmp_path / "checkpoint-2"))
     for name, tensor in head_at_2.items():
         torch.testing.assert_close(resumed_student.distill_head.state_dict()[name], tensor)

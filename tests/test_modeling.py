@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -64,6 +65,84 @@ def test_classification_losses_follow_problem_type():
     regression = VideoMambaForVideoClassification(tiny_config(num_labels=1))
     out = regression(x, labels=torch.tensor([0.5, -1.0]))
     torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(), torch.tensor([0.5, -1.0])))
+
+
+def test_soft_labels_get_soft_cross_entropy_and_leave_the_config_alone():
+    model = VideoMambaForVideoClassification(tiny_config())
+    assert model.config.problem_type is None
+    soft = torch.tensor([[0.7, 0.2, 0.1], [0.0, 0.5, 0.5]])
+    out = model(video(), labels=soft)
+    # Independently: -sum p log softmax, in float64, averaged over the samples.
+    logits = out.logits.double()
+    log_probs = logits - logits.exp().sum(-1, keepdim=True).log()
+    torch.testing.assert_close(out.loss.double(), -(soft.double() * log_probs).sum(-1).mean())
+    # With the Trainer's count of label elements (batch * num_labels per micro-batch) over 2 micro-batches.
+    summed = model(video(), labels=soft, num_items_in_batch=torch.tensor(2 * soft.numel())).loss
+    torch.testing.assert_close(summed.double(), -(soft.double() * log_probs).sum() / 4)
+    assert model.config.problem_type is None
+    model(video(), labels=torch.tensor([1, 2]))
+    assert model.config.problem_type is None
+    # Multi-hot targets are not probabilities: say what to set instead of guessing.
+    with pytest.raises(ValueError, match="multi_label_classification"):
+        model(video(), labels=torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"\(batch, num_labels\)"):
+        model(video(), labels=torch.rand(2, 4))
+
+
+def test_explicit_single_label_problem_type_takes_soft_labels_too():
+    model = VideoMambaForVideoClassification(tiny_config(problem_type="single_label_classification"))
+    soft = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    out = model(video(), labels=soft)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([1, 2])))
+    assert model.config.problem_type == "single_label_classification"
+
+
+class _Int8Linear(torch.nn.Module):
+    """Stand-in for an int8-quantized Linear (as bitsandbytes keeps them): int8 weight, per-row scale."""
+
+    def __init__(self, linear):
+        super().__init__()
+        scale = linear.weight.detach().abs().amax(1, keepdim=True) / 127
+        self.weight = torch.nn.Parameter((linear.weight.detach() / scale).round().to(torch.int8), requires_grad=False)
+        self.register_buffer("scale", scale)
+        self.bias = linear.bias
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype) * self.scale.to(x.dtype), self.bias)
+
+
+@pytest.mark.parametrize("scan_implementation", ["fast", "reference"])
+def test_int8_quantized_linear_layers_run(scan_implementation):
+    torch.manual_seed(0)
+    model = VideoMambaForVideoClassification(tiny_config(scan_implementation=scan_implementation)).eval()
+    x = video()
+    with torch.no_grad():
+        expected = model(x).logits
+        for layer in model.videomamba.layers:
+            for name in ("in_proj", "x_proj", "x_proj_b", "out_proj"):
+                setattr(layer.mixer, name, _Int8Linear(getattr(layer.mixer, name)))
+        assert model.videomamba.layers[0].mixer.in_proj.weight.dtype == torch.int8
+        quantized = model(x).logits
+    assert quantized.dtype == torch.float32
+    torch.testing.assert_close(quantized, expected, atol=0.05, rtol=0.05)
+    assert not torch.equal(quantized, expected)
+
+
+def test_dynamically_quantized_model_runs():
+    quantization = pytest.importorskip("torch.ao.quantization")
+    torch.manual_seed(0)
+    model = VideoMambaForVideoClassification(tiny_config()).eval()
+    x = video()
+    with torch.no_grad():
+        expected = model(x).logits
+    # dt_proj stays float: its weight enters the scan directly (the dt bias is added there, in fp32).
+    names = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and "dt_proj" not in name}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates the quantized tensor types
+        model = quantization.quantize_dynamic(model, names, dtype=torch.qint8)
+    assert callable(model.videomamba.layers[0].mixer.in_proj.weight)  # a packed int8 weight, no dtype to read
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, expected, atol=0.05, rtol=0.05)
 
 
 def test_image_model_takes_images_and_has_no_temporal_embedding():

@@ -1,9 +1,16 @@
 """The compiled CPU selective scan ("native") against the plain sequential recurrence, and its fallback."""
 
+import fcntl
 import importlib
+import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -181,11 +188,148 @@ def test_native_fused_softplus_over_a_wide_range(built):
     assert_matches_reference(native, inputs, OPTIONAL, True, True)
 
 
-def test_compile_notice_only_when_not_cached(monkeypatch, tmp_path):
-    # The one-time "compiling" notice keys on a built library in torch's extensions directory.
+def test_cached_only_when_build_completed(tmp_path):
+    # A library without the completion marker (a build killed after linking) is not taken as cached.
+    directory = tmp_path / "videomamba_selective_scan_cpu_test"
+    directory.mkdir()
+    (directory / f"{directory.name}.so").write_bytes(b"")
+    assert not native_scan._is_cached(directory)
+    (directory / native_scan.DONE_MARKER).write_text("done")
+    assert native_scan._is_cached(directory)
+
+
+def test_build_name_keys_source_torch_python_and_cpu(monkeypatch, tmp_path):
+    source = b"// kernel v1"
+    name = native_scan.build_name(source)
+    assert name == native_scan.build_name(source)  # deterministic: processes agree on the name
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    assert name.startswith("videomamba_selective_scan_cpu_") and name.isidentifier()
+    assert capability in name or "generic" in name
+    others = {native_scan.build_name(b"// kernel v2")}
+    monkeypatch.setattr(torch, "__version__", "0.0.1+other")
+    others.add(native_scan.build_name(source))
+    monkeypatch.undo()
+    monkeypatch.setattr(sys.implementation, "cache_tag", "cpython-399")
+    others.add(native_scan.build_name(source))
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "NO AVX")
+    others.add(native_scan.build_name(source))
+    assert len(others) == 4 and name not in others
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    name = "videomamba_selective_scan_cpu_test"
-    assert not native_scan._is_cached(name)
-    (tmp_path / name).mkdir()
-    (tmp_path / name / f"{name}.so").write_bytes(b"")
-    assert native_scan._is_cached(name)
+    assert native_scan.build_directory(name) == tmp_path / name
+
+
+@pytest.fixture
+def fake_toolchain(fresh_state, monkeypatch, tmp_path):
+    """Builds into tmp_path with compiling and importing replaced by records (no compiler runs)."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(native_scan, "_check_compiler", lambda: None)
+    monkeypatch.setattr(native_scan, "_ninja_folder", lambda: "")
+    compiled, imported = [], []
+
+    def compile_(directory, source, ninja_folder, locked):
+        compiled.append(directory)
+        time.sleep(0.5)  # long enough for a concurrent caller to reach the lock
+        (directory / f"{directory.name}.so").write_bytes(b"")
+        (directory / native_scan.DONE_MARKER).write_text("done")
+        return "compiled"
+
+    monkeypatch.setattr(native_scan, "_compile", compile_)
+    monkeypatch.setattr(native_scan, "_import_library", lambda directory: imported.append(directory) or "imported")
+    return compiled, imported
+
+
+def test_concurrent_builds_compile_once(fake_toolchain):
+    # Two callers at once (as DDP ranks): one compiles under the lock, the other waits and imports it.
+    compiled, imported = fake_toolchain
+    with ThreadPoolExecutor(2) as pool:
+        results = sorted(pool.map(lambda _: native_scan._build(), range(2)))
+    assert results == ["compiled", "imported"]
+    assert len(compiled) == 1 and imported == compiled
+    assert native_scan._build() == "imported" and len(compiled) == 1  # later processes only import
+
+
+def test_wait_for_another_build_is_bounded(fake_toolchain, monkeypatch):
+    # A live build holding the lock (a flock on another open file of the lock path, as another process
+    # would hold it) makes a second process give up after VIDEOMAMBA_NATIVE_SCAN_WAIT and fall back.
+    monkeypatch.setenv(native_scan.WAIT_ENV_VAR, "1")
+    directory = native_scan.build_directory(native_scan.build_name())
+    lock_path = directory.with_name(directory.name + ".lock")
+    directory.mkdir(parents=True)
+    with open(lock_path, "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        start = time.monotonic()
+        with pytest.warns(RuntimeWarning, match="another process has been building.*over 1 s"):
+            assert native_scan.load_native_scan() is None
+        assert time.monotonic() - start < 10
+    assert resolve_implementation("native", torch.device("cpu")) == "fast"
+
+
+def _load_in_fresh_process(extensions_dir, timeout=240, **env):
+    """Run load_native_scan() in a new interpreter; returns (module name or None, its warnings)."""
+    code = (
+        "import json, warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from modeling_videomamba import native_scan\n"
+        "    from modeling_videomamba.selective_scan import resolve_implementation\n"
+        "    module = native_scan.load_native_scan()\n"
+        "    auto = resolve_implementation('auto', __import__('torch').device('cpu'))\n"
+        "print(json.dumps({'module': module and module.__name__, 'auto': auto,\n"
+        "                  'warnings': [f'{w.category.__name__}: {w.message}' for w in caught]}))\n"
+    )
+    environment = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions_dir), "PYTHONPATH": str(REPO_ROOT), **env}
+    environment.pop(native_scan.ENV_VAR, None)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_missing_compiler_one_warning_and_fast_path(tmp_path):
+    result = _load_in_fresh_process(tmp_path, CXX=str(tmp_path / "no-such-compiler"))
+    assert result["module"] is None and result["auto"] == "fast"
+    # Exactly one warning about the build (other libraries' import-time warnings are not ours to count).
+    about_build = [w for w in result["warnings"] if re.search("native|compil|ninja|build", w, re.IGNORECASE)]
+    assert len(about_build) == 1, result["warnings"]
+    assert re.search(r"RuntimeWarning: .*could not be built .*no C\+\+ compiler found.*no-such-compiler.*'fast'",
+                     about_build[0])
+    assert not any(tmp_path.iterdir())  # nothing half-built left behind
+
+
+def test_stale_torch_lock_is_removed_not_waited_on(tmp_path):
+    # A build killed half-way leaves torch's lock file in the build directory; torch alone would wait on
+    # it forever. `false` as the compiler makes the build fail fast once the lock is out of the way.
+    directory = tmp_path / native_scan.build_name()
+    directory.mkdir()
+    (directory / "lock").write_text("")
+    result = _load_in_fresh_process(tmp_path, timeout=180, CXX=shutil.which("false") or "/bin/false")
+    assert result["module"] is None and result["auto"] == "fast"
+    assert any("stale build lock" in message for message in result["warnings"]), result["warnings"]
+    assert any("could not be built" in message for message in result["warnings"]), result["warnings"]
+    assert not (directory / "lock").exists()
+
+
+def test_ninja_found_beside_the_interpreter(monkeypatch, tmp_path):
+    # A venv's bin folder is off PATH when Python is run by its full path: ninja is looked up there too.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    folder = native_scan._ninja_folder()
+    assert shutil.which("ninja", path=folder), f"no ninja in {folder!r}"
+    with native_scan._on_path(folder):
+        assert shutil.which("ninja") is not None
+    assert os.environ["PATH"] == str(tmp_path)
+
+
+def test_damaged_cached_library_is_rebuilt(fake_toolchain, monkeypatch):
+    compiled, imported = fake_toolchain
+    directory = native_scan.build_directory(native_scan.build_name())
+    directory.mkdir(parents=True)
+    (directory / f"{directory.name}.so").write_bytes(b"not a library")
+    (directory / native_scan.DONE_MARKER).write_text("done")
+
+    def damaged(directory):
+        raise ImportError("invalid ELF header")
+
+    monkeypatch.setattr(native_scan, "_import_library", damaged)
+    assert native_scan._build() == "compiled" and compiled == [directory]

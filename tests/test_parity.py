@@ -41,3 +41,42 @@ def test_float64_parity_with_the_original(original):
         features = model.videomamba(pixel_values).pooler_output
     torch.testing.assert_close(out.logits, original["logits_float64"], atol=1e-8, rtol=1e-8)
     torch.testing.assert_close(features, original["features_float64"], atol=1e-8, rtol=1e-8)
+
+
+def gpu_paths():
+    """The scan implementations that can run on CUDA in this checkout (usable or not here)."""
+    from modeling_videomamba.selective_scan import IMPLEMENTATIONS
+
+    return [name for name in ("cuda", "triton", "fast") if name in IMPLEMENTATIONS]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("scan", gpu_paths())
+def test_gpu_parity_with_the_original(original, scan, dtype, monkeypatch):
+    from modeling_videomamba.selective_scan import resolve_implementation
+
+    try:
+        resolve_implementation(scan, torch.device("cuda"))
+    except Exception as error:  # the path's packages are missing or broken here
+        pytest.skip(f"scan {scan!r} cannot run on this machine: {error}")
+    # TF32 convolutions (the patch embedding) would round to ~1e-3 and hide what the fp32 check is for.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model = load_model(original, scan_implementation=scan).to("cuda", dtype)
+    pixel_values = original["pixel_values"].permute(0, 2, 1, 3, 4).to("cuda", dtype)
+    with torch.no_grad():
+        logits = model(pixel_values).logits.float().cpu()
+        features = model.videomamba(pixel_values).pooler_output.float().cpu()
+    assert torch.isfinite(logits).all() and torch.isfinite(features).all()
+    if dtype == torch.float32:
+        torch.testing.assert_close(logits, original["logits"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(features, original["features"], atol=1e-4, rtol=1e-4)
+    else:
+        # bf16 keeps ~3 significant digits per operation and the residual blocks compound that, so the bound is
+        # relative to the output's scale (the scan itself accumulates in fp32 on every path).
+        for name, actual in (("logits", logits), ("features", features)):
+            expected = original[name]
+            error = (actual - expected).abs().max() / expected.abs().max()
+            assert error < 5e-2, f"bf16 {name}: max error {error:.3e} of the scale"

@@ -13,7 +13,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, TrainerCallback, Tra
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForPreTraining, VideoMambaForVideoClassification
 from modeling_videomamba.masking import MASK_TYPES, generate_mask
-from modeling_videomamba.pretraining import VideoMambaPreTrainingTrainer, teacher_targets
+from modeling_videomamba.pretraining import VideoMambaPreTrainingTrainer, parameters_outside_the_loss, teacher_targets
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "trainer_scripts"))
@@ -81,6 +81,44 @@ def test_aligned_features_follow_the_reference_conventions(num_aligned_layers, s
     torch.testing.assert_close(out.aligned_features, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("source", ["original", "final_norm"])
+def test_hidden_states_are_the_visible_tokens_stream_and_change_nothing_else(source):
+    torch.manual_seed(0)
+    model = _perturbed(VideoMambaForPreTraining(VideoMambaConfig(**TINY, num_aligned_layers=2, aligned_feature_source=source)))
+    pixel_values = torch.randn(2, 4, 3, 32, 32)
+    mask = generate_mask("random", 2, GRID, 0.5, generator=torch.Generator().manual_seed(1))
+    teacher = torch.randn(2, 1 + 64, 24)
+    with torch.no_grad():
+        plain = model(pixel_values, mask, teacher_features=teacher)
+        out = model(pixel_values, mask, teacher_features=teacher, output_hidden_states=True)
+        as_tuple = model(pixel_values, mask, teacher_features=teacher, output_hidden_states=True, return_dict=False)
+        # Independently: the visible tokens picked by index, then each block applied in turn.
+        tokens, _ = model.videomamba.embeddings(pixel_values)
+        keep = [[0] + [1 + i for i in range(64) if not mask[b, i]] for b in range(2)]
+        expected = [torch.stack([tokens[b, keep[b]] for b in range(2)])]
+        for layer in model.videomamba.layers:
+            expected.append(layer(expected[-1]))
+    assert plain.hidden_states is None
+    torch.testing.assert_close(out.aligned_features, plain.aligned_features, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, plain.loss, rtol=0, atol=0)
+    assert len(out.hidden_states) == TINY["num_hidden_layers"] + 1
+    for actual, wanted in zip(out.hidden_states, expected):
+        assert actual.shape == (2, 1 + 32, 32)
+        torch.testing.assert_close(actual, wanted, atol=1e-6, rtol=1e-6)
+    assert len(as_tuple) == 4 and all(torch.equal(a, b) for a, b in zip(as_tuple[3], out.hidden_states))
+
+
+def test_hidden_states_without_a_mask_are_the_backbones():
+    torch.manual_seed(0)
+    model = _perturbed(VideoMambaForPreTraining(VideoMambaConfig(**TINY)))
+    pixel_values = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        ours = model(pixel_values, output_hidden_states=True).hidden_states
+        backbone = model.videomamba(pixel_values, output_hidden_states=True).hidden_states
+    for actual, wanted in zip(ours, backbone, strict=True):
+        torch.testing.assert_close(actual, wanted, rtol=0, atol=0)
+
+
 def test_one_aligned_layer_reads_the_stream_entering_the_last_block_in_original_mode():
     torch.manual_seed(0)
     pixel_values = torch.randn(1, 4, 3, 32, 32)
@@ -92,6 +130,22 @@ def test_one_aligned_layer_reads_the_stream_entering_the_last_block_in_original_
             model.videomamba.norm_f.weight.mul_(2.0)
             after = model(pixel_values).aligned_features
         assert (not torch.allclose(before, after, atol=1e-4)) == should_change, source
+
+
+@pytest.mark.parametrize("num_aligned_layers,source", [(1, "original"), (2, "original"), (1, "final_norm"), (2, "final_norm")])
+def test_parameters_outside_the_loss_are_exactly_those_without_a_gradient(tmp_path, num_aligned_layers, source):
+    torch.manual_seed(0)
+    model = VideoMambaForPreTraining(VideoMambaConfig(**TINY, num_aligned_layers=num_aligned_layers, aligned_feature_source=source))
+    mask = generate_mask("random", 2, GRID, 0.5, generator=torch.Generator().manual_seed(1))
+    model(torch.randn(2, 4, 3, 32, 32), mask, teacher_features=torch.randn(2, 1 + 64, 24)).loss.backward()
+    without_gradient = {name for name, p in model.named_parameters() if p.grad is None}
+    outside = {id(p) for p in parameters_outside_the_loss(model)}
+    assert without_gradient == {name for name, p in model.named_parameters() if id(p) in outside}
+    assert bool(without_gradient) == (source == "original")
+    # The pretraining Trainer freezes them (DDP under activation checkpointing needs every trainable one used).
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True)
+    VideoMambaPreTrainingTrainer(model=model, args=args, teacher=_clip_teacher())
+    assert {name for name, p in model.named_parameters() if not p.requires_grad} == without_gradient
 
 
 def test_loss_is_mean_two_minus_two_cosine_with_full_or_visible_targets():

@@ -1,6 +1,7 @@
 """The fast selective scan against the plain sequential recurrence (`selective_scan_reference`)."""
 
 import importlib
+import warnings
 
 import pytest
 import torch
@@ -225,11 +226,53 @@ def test_selective_scan_rejects_bad_shapes(expected_message, inputs, implementat
 
 def test_selective_scan_rejects_unknown_implementation():
     with pytest.raises(ValueError, match="expected one of"):
-        selective_scan(**make_inputs(1, 4, 3, 2, None), implementation="triton")
+        selective_scan(**make_inputs(1, 4, 3, 2, None), implementation="flash")
+
+
+@pytest.fixture
+def unprobed(monkeypatch):
+    """A process that has not probed the CUDA kernels nor warned yet (restored after the test)."""
+    monkeypatch.setattr(scan_module, "_cuda_problem", {})
+    monkeypatch.setattr(scan_module, "_cuda_warned", False)
+
+
+def test_auto_on_cuda_falls_back_once_naming_what_is_missing(unprobed, monkeypatch):
+    probes = []
+
+    def probe(device):
+        probes.append(device)
+        return "not usable: causal-conv1d (ModuleNotFoundError: No module named 'causal_conv1d')"
+
+    monkeypatch.setattr(scan_module, "_probe_cuda_kernels", probe)
+    cuda = torch.device("cuda")
+    with pytest.warns(RuntimeWarning, match="auto.*causal-conv1d.*No module named.*'fast'"):
+        assert scan_module.resolve_implementation("auto", cuda) == "fast"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per process, one probe
+        assert scan_module.resolve_implementation("auto", cuda) == "fast"
+        with pytest.raises(ImportError, match=r"scan_implementation=.cuda.: .*causal-conv1d.*pip install \.\[cuda\]"):
+            scan_module.resolve_implementation("cuda", cuda)
+    assert len(probes) == 1
+
+
+def test_auto_on_cuda_picks_the_kernels_when_the_probe_passes(unprobed, monkeypatch):
+    monkeypatch.setattr(scan_module, "_probe_cuda_kernels", lambda device: "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_module.resolve_implementation("auto", torch.device("cuda")) == "cuda"
+        assert scan_module.resolve_implementation("cuda", torch.device("cuda")) == "cuda"
+
+
+def test_cuda_implementation_rejects_cpu_tensors():
+    with pytest.raises(ValueError, match="needs CUDA tensors; got tensors on cpu"):
+        selective_scan(**make_inputs(1, 4, 3, 2, None), implementation="cuda")
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not cuda_kernels_available(), reason="needs a CUDA device and mamba-ssm (pip install .[cuda])")
+@pytest.mark.skipif(
+    not cuda_kernels_available(),
+    reason="needs a CUDA device with working mamba-ssm and causal-conv1d (pip install .[cuda])",
+)
 def test_cuda_kernel_matches_reference():
     inputs = make_inputs(2, 64, 300, 16, 2, device="cuda")
     for implementation, tolerance in (("cuda", 1e-4), ("fast", 1e-5)):

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,13 @@ from modeling_videomamba.synthetic_data import CLASS_PAIRS, generate_dataset, re
 from modeling_videomamba.synthetic_data import main as synthetic_main
 from modeling_videomamba.training_utils import (
     MixupCutmix,
+    VideoClipDataset,
     VideoMambaTrainer,
+    collate_clips,
+    load_samples,
     parse_config_overrides,
+    random_partners,
+    resize_model_inputs,
     scan_video_folder,
     topk_accuracy,
 )
@@ -138,31 +144,14 @@ def test_bad_data_directories_give_clear_errors(tmp_path, synthetic_videos):
         _run_script(["--train_dir", synthetic_videos / "train", "--output_dir", tmp_path / "out", "--do_train", *COMMON])
     with pytest.raises(ValueError, match="Bad config override"):
         parse_config_overrides("hidden_size")
+    with pytest.raises(ValueError, match="--num_frames 8 contradicts num_frames=4"):
+        _run_script(["--train_dir", synthetic_videos / "train", "--num_frames", "8", *base])
 
 
 def test_config_overrides_are_typed():
     assert parse_config_overrides("hidden_size=96, rms_norm=false,drop_path_rate=0.1,dt_init=mamba") == {
         "hidden_size": 96, "rms_norm": False, "drop_path_rate": 0.1, "dt_init": "mamba"
     }
-
-
-def test_two_processes_train_data_parallel(tmp_path, synthetic_videos):
-    """torchrun --nproc_per_node 2 (gloo on CPU; --use_cpu is what makes accelerate set up MULTI_CPU without
-    a GPU): each step consumes 2 x per-device batch samples."""
-    output = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(SCRIPT),
-        "--train_dir", str(synthetic_videos / "train"), "--preset", "tiny", "--config_overrides", TINY_OVERRIDES,
-        "--output_dir", str(output), "--do_train", "--num_train_epochs", "1", "--save_strategy", "no",
-        "--cache_decoded", "true", "--logging_steps", "1", "--use_cpu", "true", *COMMON,
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    state = json.loads((output / "trainer_state.json").read_text())
-    # 24 clips, 4 per process, 2 processes: 3 steps (one process would take 6).
-    assert state["global_step"] == 3
-    assert (output / "model.safetensors").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,8 +200,9 @@ class _SoftLabelClips(_Clips):
         return {**item, "labels": torch.nn.functional.one_hot(torch.tensor(item["labels"]), 3).float() * 0.8 + 0.2 / 3}
 
 
-def test_stock_trainer_mis_scales_soft_labels_which_ours_fixes(tmp_path):
-    """The premise: transformers' Trainer with soft labels from the data does NOT divide by accumulation."""
+def test_soft_labels_scale_right_under_accumulation_with_the_stock_trainer_and_ours(tmp_path):
+    """Soft labels from the data: one batch of 4 and two accumulated micro-batches of 2 give the same update,
+    with our Trainer and with transformers' (the model's loss honours `num_items_in_batch` for soft labels)."""
 
     def update(trainer_class, batch_size, accumulation):
         torch.manual_seed(0)
@@ -228,23 +218,83 @@ def test_stock_trainer_mis_scales_soft_labels_which_ours_fixes(tmp_path):
 
     ours_whole, ours_accumulated = update(VideoMambaTrainer, 4, 1), update(VideoMambaTrainer, 2, 2)
     torch.testing.assert_close(ours_accumulated, ours_whole, atol=1e-5, rtol=1e-4)
-    # The stock Trainer sums the two micro-batch losses: its accumulated update is twice its whole-batch one.
     stock_whole, stock_accumulated = update(Trainer, 4, 1), update(Trainer, 2, 2)
-    torch.testing.assert_close(stock_accumulated, 2 * stock_whole, atol=1e-5, rtol=1e-3)
+    torch.testing.assert_close(stock_accumulated, stock_whole, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stock_whole, ours_whole, atol=1e-6, rtol=1e-5)
 
 
 def test_mixup_and_cutmix_make_valid_soft_labels():
-    torch.manual_seed(0)
-    batch = {"pixel_values": torch.rand(4, 2, 3, 16, 16), "labels": torch.tensor([0, 1, 2, 1])}
+    batch = {"pixel_values": torch.rand(4, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), "labels": torch.tensor([0, 1, 2, 1])}
     for mixer in (MixupCutmix(3, mixup_alpha=0.8), MixupCutmix(3, cutmix_alpha=1.0), MixupCutmix(3, 0.8, 1.0, label_smoothing=0.1)):
         mixed = mixer(dict(batch))
         assert mixed["labels"].shape == (4, 3)
         torch.testing.assert_close(mixed["labels"].sum(-1), torch.ones(4))
         assert (mixed["labels"] >= 0).all()
-    cut = MixupCutmix(3, cutmix_alpha=1.0)(dict(batch))
-    # Every pixel of a cutmixed clip comes from the clip or its partner (B-1-i).
-    own, partner = batch["pixel_values"], batch["pixel_values"].flip(0)
-    assert ((cut["pixel_values"] == own) | (cut["pixel_values"] == partner)).all()
+    cut = MixupCutmix(3, cutmix_alpha=1.0)(dict(batch), generator=np.random.default_rng(3))
+    # Every pixel of a cutmixed clip comes from the clip itself or from one other clip (its partner).
+    own = batch["pixel_values"]
+    for i in range(4):
+        pasted = cut["pixel_values"][i] != own[i]
+        assert pasted.any()
+        donors = [j for j in range(4) if j != i and (cut["pixel_values"][i][pasted] == own[j][pasted]).all()]
+        assert len(donors) == 1
+
+
+def test_mixup_partners_are_random_permutations_without_fixed_points():
+    rng = np.random.default_rng(0)
+    for size in range(2, 9):
+        for _ in range(20):
+            partners = random_partners(size, rng)
+            assert sorted(partners.tolist()) == list(range(size))
+            assert (partners != np.arange(size)).all()
+    # Random, not a fixed pairing such as the old flip (0 <-> 3): clip 0 meets every other clip.
+    assert {int(random_partners(4, rng)[0]) for _ in range(60)} == {1, 2, 3}
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_mixup_never_mixes_a_clip_with_itself(size):
+    """Clip i is constant i, so a mixed clip's value is the label-weighted mean of the class ids, and a clip
+    mixed with itself would keep its value (the middle clip of an odd batch did, with the old flip)."""
+    pixel_values = torch.arange(float(size))[:, None, None, None, None].expand(size, 2, 3, 4, 4).contiguous()
+    batch = {"pixel_values": pixel_values, "labels": torch.arange(size)}
+    for seed in range(5):
+        mixed = MixupCutmix(size, mixup_alpha=1.0)(dict(batch), generator=np.random.default_rng(seed))
+        values = mixed["pixel_values"][:, 0, 0, 0, 0]
+        assert (values != torch.arange(float(size))).all()
+        torch.testing.assert_close(values, mixed["labels"] @ torch.arange(float(size)))
+
+
+def test_mixup_leaves_a_single_clip_unmixed_and_says_so(caplog):
+    batch = {"pixel_values": torch.rand(1, 2, 3, 8, 8), "labels": torch.tensor([2])}
+    mixer = MixupCutmix(3, mixup_alpha=1.0, cutmix_alpha=1.0, label_smoothing=0.3)
+    with caplog.at_level("WARNING"):
+        mixed = mixer(dict(batch))
+        mixer(dict(batch))
+    assert torch.equal(mixed["pixel_values"], batch["pixel_values"])
+    torch.testing.assert_close(mixed["labels"], torch.tensor([[0.1, 0.1, 0.8]]))  # smoothing still applies
+    assert sum("at least 2 clips" in record.getMessage() for record in caplog.records) == 1
+
+
+def test_mixing_randomness_differs_per_process_and_repeats_per_seed(tmp_path, monkeypatch):
+    """The Trainer seeds each micro-batch's mixing by (seed, process index, step, micro-batch)."""
+    model = VideoMambaForVideoClassification(VideoMambaConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=1, num_labels=3))
+
+    def draws(seed=0):
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], seed=seed)
+        trainer = VideoMambaTrainer(model=model, args=args, batch_mixer=MixupCutmix(3, mixup_alpha=1.0))
+        first_step = [trainer._mixing_generator().random() for _ in range(2)]  # two micro-batches
+        trainer.state.global_step = 1
+        return first_step + [trainer._mixing_generator().random()]
+
+    rank0 = draws()
+    assert len(set(rank0)) == 3 and draws() == rank0 and draws(seed=1) != rank0
+    monkeypatch.setattr(TrainingArguments, "process_index", property(lambda self: 1))
+    rank1 = draws()
+    assert set(rank1).isdisjoint(rank0)
+    # Standalone mixers draw their own per-process streams too.
+    batch = {"pixel_values": torch.rand(4, 2, 3, 8, 8), "labels": torch.tensor([0, 1, 2, 1])}
+    labels = [MixupCutmix(3, mixup_alpha=1.0, seed=0, process_index=rank)(dict(batch))["labels"] for rank in (0, 0, 1)]
+    assert torch.equal(labels[0], labels[1]) and not torch.equal(labels[0], labels[2])
 
 
 def test_topk_accuracy_counts_hits():
@@ -264,3 +314,226 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     assert "frame-averaging baseline" in printed and "pipeline on" in printed
     assert 0.0 <= result["eval_accuracy"] <= 1.0 and 0.0 <= result["baseline_accuracy"] <= 1.0
     assert len(list((tmp_path / "data" / "validation").glob("*/*.mp4"))) == 8
+
+
+# ---------------------------------------------------------------------------------------------------
+# Clip length and frame size of a saved model
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_resize_model_inputs_matches_interpolating_at_run_time():
+    torch.manual_seed(0)
+    model = VideoMambaForVideoClassification(VideoMambaConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_labels=3)).eval()
+    with torch.no_grad():
+        model.videomamba.embeddings.temporal_position_embeddings.normal_()  # zero at init: give it content
+    pixel_values = torch.randn(2, 8, 3, 48, 48)
+    with torch.no_grad():
+        expected = model(pixel_values, interpolate_pos_encoding=True).logits
+        with pytest.raises(ValueError, match="doesn't match the model"):
+            model(pixel_values)
+        resize_model_inputs(model, num_frames=8, image_size=48)
+        torch.testing.assert_close(model(pixel_values).logits, expected)
+    assert model.videomamba.embeddings.temporal_position_embeddings.shape == (1, 8, 32)
+    assert (model.config.num_frames, model.config.image_size) == (8, 48)
+    with pytest.raises(ValueError, match="multiple of the patch size 8"):
+        resize_model_inputs(model, image_size=50)
+
+
+def test_num_frames_adapts_a_model_saved_at_another_length(tmp_path, synthetic_videos):
+    torch.manual_seed(0)
+    config = VideoMambaConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_labels=4, dt_init="mamba")
+    VideoMambaForVideoClassification(config).save_pretrained(tmp_path / "four_frames")
+    # The model's own processor, with a normalisation of its own that fine-tuning must keep.
+    VideoMambaVideoProcessor(num_frames=4, size=32, crop_size=32, image_mean=[0.5] * 3, image_std=[0.25] * 3).save_pretrained(tmp_path / "four_frames")
+    output = tmp_path / "eight_frames"
+    _run_script([
+        "--model_name_or_path", tmp_path / "four_frames", "--num_frames", "8",
+        "--train_dir", synthetic_videos / "train", "--validation_dir", synthetic_videos / "validation",
+        "--output_dir", output, "--do_train", "--do_eval", "--max_steps", "2", "--save_strategy", "no", "--cache_decoded", "true", *COMMON,
+    ])
+    assert 0.0 <= json.loads((output / "eval_results.json").read_text())["eval_accuracy"] <= 1.0
+    model = AutoModelForVideoClassification.from_pretrained(output).eval()
+    assert model.config.num_frames == 8 and model.videomamba.embeddings.temporal_position_embeddings.shape == (1, 8, 32)
+    processor = VideoMambaVideoProcessor.from_pretrained(output)
+    assert processor.num_frames == 8
+    assert list(processor.image_mean) == [0.5] * 3 and list(processor.image_std) == [0.25] * 3
+    path = next((synthetic_videos / "validation").glob("*/*.mp4"))
+    pixel_values = processor(str(path), return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.isfinite(model(pixel_values).logits).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data pipeline: epochs in workers, reproducible augmentation, `datasets` input, pin memory
+# ---------------------------------------------------------------------------------------------------
+
+
+def _tiny_model(num_labels=3):
+    return VideoMambaForVideoClassification(VideoMambaConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=1, num_labels=num_labels))
+
+
+class _EpochReportingClips(VideoClipDataset):
+    def __getitem__(self, index):
+        return {**super().__getitem__(index), "epoch": self.epoch}
+
+
+def _collate_with_epoch(examples):
+    return {**collate_clips(examples), "seen_epoch": torch.tensor([example["epoch"] for example in examples])}
+
+
+class _EpochRecordingTrainer(VideoMambaTrainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.seen.append(inputs.pop("seen_epoch").tolist())
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def test_persistent_dataloader_workers_see_each_new_epoch(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
+    processor = VideoMambaVideoProcessor(num_frames=4, size=32, crop_size=32)
+    dataset = _EpochReportingClips([(clip, i % 3) for i, clip in enumerate(frames)], processor, train=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, num_train_epochs=3, use_cpu=True, report_to=[],
+        save_strategy="no", disable_tqdm=True, dataloader_num_workers=2, dataloader_persistent_workers=True,
+        remove_unused_columns=False,
+    )
+    trainer = _EpochRecordingTrainer(model=_tiny_model(), args=args, train_dataset=dataset, data_collator=_collate_with_epoch)
+    trainer.seen = []
+    trainer.train()
+    # Two batches per epoch, one from each worker process, which lives through all three epochs.
+    assert trainer.seen == [[0, 0], [0, 0], [1, 1], [1, 1], [2, 2], [2, 2]]
+
+
+def test_dataset_video_transform_is_reproducible_and_differs_per_worker_and_epoch(videos):
+    from datasets import Dataset
+
+    from modeling_videomamba import dataset_video_transform
+
+    processor = VideoMambaVideoProcessor(num_frames=4, size=32, crop_size=32, train_crop_scale=(0.2, 1.0))
+    dataset = Dataset.from_dict({"video": [str(videos["mp4"])] * 4})  # the same clip in every row
+    dataset.set_transform(dataset_video_transform(processor, training=True))
+
+    def epochs(num_workers, count=2):
+        torch.manual_seed(0)  # what the Trainer's set_seed does
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers, persistent_workers=num_workers > 0)
+        return [torch.cat([batch["pixel_values"] for batch in loader]) for _ in range(count)]
+
+    for num_workers in (0, 2):
+        first, second = epochs(num_workers)
+        assert all(torch.equal(a, b) for a, b in zip(first, epochs(num_workers)[0]))  # repeats with the seed
+        assert not torch.equal(first, second)  # a new epoch draws anew
+        assert not torch.equal(first[0], first[1])  # rows 0 and 1: another draw (another worker for 2 workers)
+
+
+def _save_dataset_dict(root, synthetic_videos, as_bytes):
+    """The synthetic clips as a `datasets` DatasetDict saved to disk, with ClassLabel labels and a video column of
+    either file paths (strings) or a decoding `Video` feature (`save_to_disk` stores its files' bytes)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, Video
+
+    _, label2id = scan_video_folder(synthetic_videos / "train")
+    features = Features(video=Video() if as_bytes else Value("string"), label=ClassLabel(names=sorted(label2id, key=label2id.get)))
+    splits = {}
+    for split in ("train", "validation"):
+        samples, _ = scan_video_folder(synthetic_videos / split, label2id)
+        cells = [path for path, _ in samples]
+        splits[split] = Dataset.from_dict({"video": cells, "label": [label for _, label in samples]}, features=features)
+    DatasetDict(splits).save_to_disk(str(root))
+    return root, label2id
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["paths", "bytes"])
+def test_datasets_video_columns_are_read_without_decoding(tmp_path, synthetic_videos, as_bytes):
+    root, label2id = _save_dataset_dict(tmp_path / "saved", synthetic_videos, as_bytes)
+    samples, found = load_samples(dataset_name=str(root), split="validation")
+    assert found == label2id and len(samples) == 8
+    expected, _ = scan_video_folder(synthetic_videos / "validation", label2id)
+    for (source, label), (path, expected_label) in zip(samples, expected):
+        assert label == expected_label
+        assert source == (Path(path).read_bytes() if as_bytes else path)
+    processor = VideoMambaVideoProcessor(num_frames=4, size=32, crop_size=32)
+    item = VideoClipDataset(samples, processor, train=False)[0]
+    torch.testing.assert_close(item["pixel_values"], processor(expected[0][0])["pixel_values"][0])
+    with pytest.raises(ValueError, match="no split 'test'"):
+        load_samples(dataset_name=str(root), split="test")
+
+
+def test_script_trains_on_a_datasets_dataset_holding_bytes(tmp_path, synthetic_videos):
+    root, _ = _save_dataset_dict(tmp_path / "saved", synthetic_videos, as_bytes=True)
+    output = tmp_path / "run"
+    _run_script([
+        "--dataset_name", root, "--preset", "tiny", "--config_overrides", TINY_OVERRIDES, "--output_dir", output,
+        "--do_train", "--do_eval", "--max_steps", "2", "--save_strategy", "no", *COMMON,
+    ])
+    assert 0.0 <= json.loads((output / "eval_results.json").read_text())["eval_accuracy"] <= 1.0
+    assert AutoModelForVideoClassification.from_pretrained(output).config.num_labels == 4
+
+
+def test_no_pin_memory_warning_without_an_accelerator(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[], save_strategy="no", disable_tqdm=True)
+    assert args.dataloader_pin_memory  # the default, on any machine
+    trainer = VideoMambaTrainer(model=_tiny_model(), args=args, train_dataset=_Clips(), eval_dataset=_Clips(4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+        trainer.evaluate()
+    assert args.dataloader_pin_memory is (args.device.type != "cpu")
+    assert not [w for w in caught if "pin_memory" in str(w.message)]
+
+
+def test_script_help_does_not_import_models_or_datasets():
+    """--help answers after importing only transformers' argument classes (and torch, which they need)."""
+    code = (
+        "import os, runpy, sys\n"
+        "for script in sys.argv[1:]:\n"
+        "    sys.argv, sys.path[0] = [script, '--help'], os.path.dirname(script)  # as `python script --help`\n"
+        "    try:\n"
+        "        runpy.run_path(script, run_name='__main__')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [name for name in ('modeling_videomamba', 'datasets', 'transformers.trainer', 'transformers.modeling_utils') if name in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    scripts = [str(SCRIPT), str(REPO / "trainer_scripts" / "run_pretraining.py"), str(REPO / "trainer_scripts" / "run_video_text_retrieval.py")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code, *scripts], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--num_frames" in result.stdout and "--mask_type" in result.stdout and "--rerank_k" in result.stdout
+    assert "HEAVY []" in result.stdout
+def test_two_process_runs(tmp_path, synthetic_videos):
+    """One `torchrun --nproc_per_node 2` (gloo on CPU; --use_cpu is what makes accelerate set up MULTI_CPU
+    without a GPU) runs tests/torchrun_phases.py: classification with activation checkpointing and
+    self-distillation with mixup (the script), the distillation callback on a stock Trainer with activation
+    checkpointing and gradient accumulation, masked pretraining with and without activation checkpointing and
+    with both feature sources. Every saved model loads and runs."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from modeling_videomamba import VideoMambaForPreTraining
+
+    teachers, runs = tmp_path / "teachers", tmp_path / "runs"
+    torch.manual_seed(1)
+    VideoMambaForVideoClassification(VideoMambaConfig(hidden_size=24, image_size=32, patch_size=8, num_frames=4, num_hidden_layers=1, num_labels=4)).save_pretrained(teachers / "videomamba")
+    clip = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    CLIPVisionModel(clip).save_pretrained(teachers / "clip")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "tests" / "torchrun_phases.py"), str(runs), str(synthetic_videos), str(teachers)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+
+    def history(name):
+        return json.loads((runs / name / "trainer_state.json").read_text())
+
+    # 24 clips, 4 per process, 2 processes: 3 steps (one process would take 6).
+    assert history("classification_ckpt")["global_step"] == 3
+    for name in ("script_distill_mixup", "stock_trainer_distill_ckpt"):
+        logged = [entry for entry in history(name)["log_history"] if "loss" in entry]
+        assert len(logged) == 2 and all(0 < entry["distill_loss"] <= 4 for entry in logged), name
+        assert not [key for key in load_file(runs / name / "model.safetensors") if "distill" in key], name
+    clips = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        for name in ("classification_ckpt", "script_distill_mixup", "stock_trainer_distill_ckpt"):
+            assert torch.isfinite(VideoMambaForVideoClassification.from_pretrained(runs / name)(clips).logits).all(), name
+        for name in ("pretrain_original", "pretrain_original_ckpt", "pretrain_final_norm_ckpt"):
+            assert history(name)["global_step"] == 2, name
+            assert torch.isfinite(VideoMambaForPreTraining.from_pretrained(runs / name)(clips).aligned_features).all(), name
+            assert torch.isfinite(VideoMambaForVideoClassification.from_pretrained(runs / name, num_labels=4)(clips).logits).all(), name

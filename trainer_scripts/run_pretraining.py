@@ -17,21 +17,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoConfig, AutoModel, CLIPVisionModel, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+# Only what parsing needs (TrainingArguments brings torch): models, the Trainer and datasets load in `main`,
+# so --help and argument errors answer quickly.
+from script_utils import parse_script_arguments
+from transformers import TrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modeling_videomamba import VideoMambaConfig, VideoMambaForPreTraining, VideoMambaVideoProcessor  # noqa: E402
-from modeling_videomamba.masking import MASK_TYPES  # noqa: E402
-from modeling_videomamba.pretraining import VideoMambaPreTrainingTrainer  # noqa: E402
-from modeling_videomamba.training_utils import (  # noqa: E402
-    VideoClipDataset,
-    collate_clips,
-    load_samples,
-    parse_config_overrides,
-    parse_script_arguments,
-)  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +33,7 @@ class PreTrainingArguments:
     model_name_or_path: str = field(default=None, metadata={"help": "Start the student from a saved VideoMamba."})
     preset: str = field(default=None, metadata={"help": "Student size from scratch: tiny, small or middle."})
     config_overrides: str = field(default=None, metadata={"help": "Student config fields, e.g. 'image_size=64,num_frames=8'."})
-    mask_type: str = field(default="tube", metadata={"help": f"One of {MASK_TYPES}."})
+    mask_type: str = field(default="tube", metadata={"help": "A strategy of modeling_videomamba.masking.MASK_TYPES."})
     mask_ratio: float = field(default=0.8)
     mask_schedule: str = field(default=None, metadata={"help": "'start:type:ratio,...' with start a fraction of training."})
 
@@ -73,6 +64,8 @@ def parse_mask_schedule(text: str) -> list:
 
 def load_teacher(path: str, need_attention: bool):
     """A CLIP checkpoint gives its vision tower; anything else goes through AutoModel."""
+    from transformers import AutoConfig, AutoModel, CLIPVisionModel
+
     kwargs = {"attn_implementation": "eager"} if need_attention else {}
     if AutoConfig.from_pretrained(path).model_type in ("clip", "clip_vision_model"):
         return CLIPVisionModel.from_pretrained(path, **kwargs)
@@ -81,6 +74,20 @@ def load_teacher(path: str, need_attention: bool):
 
 def main(argv=None):
     model_args, data_args, training_args = parse_script_arguments((PreTrainingArguments, DataArguments, TrainingArguments), argv)
+
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from modeling_videomamba import VideoMambaConfig, VideoMambaForPreTraining, VideoMambaVideoProcessor
+    from modeling_videomamba.pretraining import VideoMambaPreTrainingTrainer
+    from modeling_videomamba.training_utils import (
+        VideoClipDataset,
+        collate_clips,
+        load_samples,
+        parse_config_overrides,
+        pin_memory_only_with_accelerator,
+    )
+
     if not model_args.teacher_model_name_or_path:
         raise ValueError("Masked pretraining needs --teacher_model_name_or_path.")
     schedule = parse_mask_schedule(model_args.mask_schedule)
@@ -106,6 +113,7 @@ def main(argv=None):
     )
     train_set = VideoClipDataset(samples[: data_args.max_train_samples], processor, train=True, cache=data_args.cache_decoded, seed=training_args.seed)
 
+    pin_memory_only_with_accelerator(training_args)
     trainer = VideoMambaPreTrainingTrainer(
         model=model, args=training_args, train_dataset=train_set, data_collator=collate_clips, processing_class=processor,
         teacher=teacher, mask_type=model_args.mask_type, mask_ratio=model_args.mask_ratio, mask_schedule=schedule,

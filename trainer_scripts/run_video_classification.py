@@ -6,9 +6,11 @@
         --preset tiny --config_overrides "hidden_size=96,num_hidden_layers=4,image_size=64,patch_size=8,num_frames=8" \
         --output_dir out --do_train --do_eval --num_train_epochs 5
 
-Data: class-name folders of video files, or `--dataset_name` (a `datasets` dataset with a video-path and a
-label column). Model: `--model_name_or_path` (a saved or converted VideoMamba) or `--preset` +
-`--config_overrides`. `--teacher_model_name_or_path` adds self-distillation. Multi-process:
+Data: class-name folders of video files, or `--dataset_name` (a `datasets` dataset, Hub name, local folder
+or `save_to_disk` folder, with a video column of paths or `Video` cells, read without decoding, and a
+label column). Model: `--model_name_or_path` (a saved or converted VideoMamba; `--num_frames` /
+`--image_size` adapt it to another clip length / frame size by interpolating its position embeddings) or
+`--preset` + `--config_overrides`. `--teacher_model_name_or_path` adds self-distillation. Multi-process:
 `torchrun --nproc_per_node N trainer_scripts/run_video_classification.py ...`. All arguments can also come
 from one JSON file: `python run_video_classification.py args.json`.
 """
@@ -19,24 +21,13 @@ import random
 import sys
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+# Only what parsing needs (TrainingArguments brings torch): models, the Trainer and datasets load in `main`,
+# so --help and argument errors answer quickly.
+from script_utils import parse_script_arguments
+from transformers import TrainingArguments
 
 # The script runs from a checkout too, where the package is beside this folder.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification, VideoMambaVideoProcessor  # noqa: E402
-from modeling_videomamba.distillation import VideoMambaDistillationTrainer  # noqa: E402
-from modeling_videomamba.training_utils import (  # noqa: E402
-    MixupCutmix,
-    VideoClipDataset,
-    VideoMambaTrainer,
-    collate_clips,
-    compute_metrics,
-    load_samples,
-    parse_config_overrides,
-    parse_script_arguments,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +53,16 @@ class DataTrainingArguments:
     validation_split: str = field(default="validation")
     video_column_name: str = field(default="video")
     label_column_name: str = field(default="label")
-    num_frames: int = field(default=None, metadata={"help": "Frames per clip (default: the model's)."})
+    num_frames: int = field(
+        default=None,
+        metadata={"help": "Frames per clip (default: the model's). A model of another length is adapted: its "
+                          "temporal position embeddings are interpolated, and it is saved at the new length."},
+    )
+    image_size: int = field(
+        default=None,
+        metadata={"help": "Frame size (default: the model's). A model of another size is adapted: its spatial "
+                          "position embeddings are interpolated, and it is saved at the new size."},
+    )
     max_train_samples: int = field(default=None)
     max_eval_samples: int = field(default=None)
     crop_min_scale: float = field(default=0.35, metadata={"help": "Smallest area fraction of the random resized crop."})
@@ -82,24 +82,67 @@ def _subsample(samples, count, seed):
     return random.Random(seed).sample(samples, count)
 
 
-def build_model(model_args, num_labels, label2id):
+def build_video_processor(model_name_or_path, config, data_args):
+    """The processor saved with the model (its normalisation, resize and sampling choices) when there is one,
+    else one built from the config; either way sampling the model's frames at its size, with the training
+    options of this run."""
+    from modeling_videomamba import VideoMambaVideoProcessor
+
+    options = {"train_crop_scale": (data_args.crop_min_scale, 1.0), "train_flip": data_args.horizontal_flip}
+    saved_config = model_name_or_path and os.path.join(model_name_or_path, "video_preprocessor_config.json")
+    if not (saved_config and os.path.isfile(saved_config)):
+        return VideoMambaVideoProcessor.from_model_config(config, **options)
+    saved = VideoMambaVideoProcessor.from_pretrained(model_name_or_path).to_dict()
+    if saved["crop_size"] != {"height": config.image_size, "width": config.image_size}:
+        # --image_size changed the model: resize as for a new model rather than keep the old resize.
+        saved.update(size=config.image_size, crop_size=config.image_size)
+    return VideoMambaVideoProcessor(**{**saved, "num_frames": config.num_frames, **options})
+
+
+def build_model(model_args, data_args, num_labels, label2id):
+    """The classifier to train, at the clip length and frame size asked for (`--num_frames`, `--image_size`)."""
+    from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification
+    from modeling_videomamba.training_utils import parse_config_overrides, resize_model_inputs
+
     id2label = {i: name for name, i in label2id.items()}
     labels = dict(num_labels=num_labels, label2id=label2id, id2label=id2label)
+    sizes = {name: getattr(data_args, name) for name in ("num_frames", "image_size") if getattr(data_args, name) is not None}
     if model_args.model_name_or_path:
         if model_args.preset or model_args.config_overrides:
             raise ValueError("--preset/--config_overrides build a new model; don't combine them with --model_name_or_path.")
-        return VideoMambaForVideoClassification.from_pretrained(
+        model = VideoMambaForVideoClassification.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **labels
         )
+        resize_model_inputs(model, **sizes)
+        return model
     if not model_args.preset:
         raise ValueError("Give --model_name_or_path or --preset (tiny, small, middle) to train from scratch.")
-    config = VideoMambaConfig.from_preset(model_args.preset, **parse_config_overrides(model_args.config_overrides), **labels)
+    overrides = parse_config_overrides(model_args.config_overrides)
+    for name, value in sizes.items():
+        if overrides.setdefault(name, value) != value:
+            raise ValueError(f"--{name} {value} contradicts {name}={overrides[name]} in --config_overrides.")
+    config = VideoMambaConfig.from_preset(model_args.preset, **overrides, **labels)
     return VideoMambaForVideoClassification(config)
 
 
 def main(argv=None):
     model_args, data_args, training_args = parse_script_arguments((ModelArguments, DataTrainingArguments, TrainingArguments), argv)
     logger.setLevel(training_args.get_process_log_level())
+
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from modeling_videomamba import VideoMambaForVideoClassification, VideoMambaVideoProcessor
+    from modeling_videomamba.distillation import VideoMambaDistillationTrainer
+    from modeling_videomamba.training_utils import (
+        MixupCutmix,
+        VideoClipDataset,
+        VideoMambaTrainer,
+        collate_clips,
+        compute_metrics,
+        load_samples,
+        resize_model_inputs,
+    )
 
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir) and training_args.do_train and training_args.resume_from_checkpoint is None:
@@ -120,14 +163,9 @@ def main(argv=None):
     if label2id is None:
         raise ValueError("Nothing to do: pass --do_train and/or --do_eval with data.")
 
-    model = build_model(model_args, len(label2id), label2id)
+    model = build_model(model_args, data_args, len(label2id), label2id)
     config = model.config
-    processor = VideoMambaVideoProcessor.from_model_config(
-        config,
-        num_frames=data_args.num_frames or config.num_frames,
-        train_crop_scale=(data_args.crop_min_scale, 1.0),
-        train_flip=data_args.horizontal_flip,
-    )
+    processor = build_video_processor(model_args.model_name_or_path, config, data_args)
     eval_processor = processor
     if data_args.num_eval_views > 1:
         eval_processor = VideoMambaVideoProcessor(**{**processor.to_dict(), "num_temporal_clips": data_args.num_eval_views})
@@ -144,6 +182,8 @@ def main(argv=None):
     )
     if model_args.teacher_model_name_or_path:
         teacher = VideoMambaForVideoClassification.from_pretrained(model_args.teacher_model_name_or_path)
+        # The teacher sees the student's clips.
+        resize_model_inputs(teacher, num_frames=config.num_frames, image_size=config.image_size)
         trainer = VideoMambaDistillationTrainer(teacher=teacher, distillation_weight=model_args.distillation_weight, **trainer_kwargs)
     else:
         trainer = VideoMambaTrainer(**trainer_kwargs)
