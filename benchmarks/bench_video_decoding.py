@@ -8,14 +8,28 @@ and 32), then times, per clip, reading 8 frames by segment sampling and turning 
   sequential decode from the start up to the last wanted frame). It imports without torchvision.
 
     python benchmarks/bench_video_decoding.py [--repeats 7] [--threads N]
+
+`--long` measures instead classifying a long 720p video window by window (10 s windows following each
+other, 4/8/16 frames per window, model replaced by a stub so that decoding + preprocessing is timed):
+- ours: `classify_long_video` (one streaming pass, each frame prepared as soon as it is decoded);
+- transformers: `load_video(..., backend="pyav")` with a `sample_indices_fn` returning the same frame
+  indices (all windows' frames decoded into one array first), then the same per-window preprocessing.
+Each measurement runs in a fresh subprocess: CPU seconds (process time, all threads) and wall seconds per
+minute of video, and peak RSS above the process's RSS when the work starts (Linux).
+
+    python benchmarks/bench_video_decoding.py --long [--seconds 60] [--frames-per-window 4 8 16]
 """
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 from fractions import Fraction
 
 import av
@@ -24,6 +38,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from modeling_videomamba.processors.frame_sampling import FrameTimeline, segment_times  # noqa: E402
+from modeling_videomamba.processors.long_video import classify_long_video, window_spans  # noqa: E402
 from modeling_videomamba.processors.video_decoding import segment_indices  # noqa: E402
 from modeling_videomamba.processors.video_processing_videomamba import VideoMambaVideoProcessor  # noqa: E402
 
@@ -57,13 +73,99 @@ def timings(function, repeats):
     return results
 
 
+WINDOW_SECONDS = 10.0
+
+
+class _StubClassifier(torch.nn.Module):
+    """Constant logits: the long-video benchmark times decoding and preprocessing, not a model."""
+
+    config = SimpleNamespace(id2label={0: "a", 1: "b"})
+
+    def forward(self, pixel_values):
+        return SimpleNamespace(logits=torch.zeros(pixel_values.shape[0], 2))
+
+
+def _max_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mb():
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def long_child(method, path, frames_per_window, fps, num_frames):
+    """One measurement (in a fresh process): prints {"cpu_s", "wall_s", "rss_mb", "windows"} as JSON; rss_mb is
+    the peak RSS minus the RSS when the work starts (after imports). Linux only (/proc)."""
+    processor = VideoMambaVideoProcessor(num_frames=frames_per_window, size=224, crop_size=224)
+    model = _StubClassifier()
+    if method == "transformers":
+        from transformers.video_utils import load_video
+    base_rss, cpu, wall = _current_rss_mb(), time.process_time(), time.perf_counter()
+    if method == "ours":
+        result = classify_long_video(model, processor, path, window_seconds=WINDOW_SECONDS)
+        count = len(result["windows"])
+    else:
+        # The same windows and frames: the file has a constant rate, so its timeline is regular.
+        timeline = FrameTimeline.regular(num_frames, fps)
+        spans = window_spans(timeline.duration, WINDOW_SECONDS)
+        windows = [segment_times(timeline, frames_per_window, start=a, end=b)[0] for a, b in spans]
+        wanted = np.unique(np.concatenate(windows))
+        video, _ = load_video(path, backend="pyav", sample_indices_fn=lambda metadata, **_: wanted)
+        row = {index: i for i, index in enumerate(wanted.tolist())}
+        for indices in windows:
+            clip = processor(video[[row[i] for i in indices.tolist()]], do_sample_frames=False)["pixel_values"]
+            model(pixel_values=clip)
+        count = len(windows)
+    print(json.dumps({
+        "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall,
+        "rss_mb": _max_rss_mb() - base_rss, "windows": count,
+    }))
+
+
+def long_video_benchmark(args):
+    fps = 30
+    num_frames = int(args.seconds * fps)
+    with tempfile.TemporaryDirectory() as root:
+        path = os.path.join(root, "long_720p.mp4")
+        write_clip(path, 1280, 720, frames=num_frames, gop=250)
+        rows = []
+        for frames_per_window in args.frames_per_window:
+            for method in ("ours", "transformers"):
+                run = subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--long-child", method, path, str(frames_per_window),
+                     str(fps), str(num_frames), *(["--threads", str(args.threads)] if args.threads else [])],
+                    capture_output=True, text=True, check=True,
+                )
+                rows.append((frames_per_window, method, json.loads(run.stdout.strip().splitlines()[-1])))
+    per_minute = 60.0 / args.seconds
+    print(f"long video: {args.seconds:.0f} s of 1280x720 h264 at {fps} fps (keyframe every 250), windows of "
+          f"{WINDOW_SECONDS:.0f} s following each other, 224x224 model input, stub model; per minute of video; "
+          f"torch threads {args.threads or 'default'}, {os.cpu_count()} CPUs")
+    print("| frames/window | reader | CPU s / min | wall s / min | peak RSS growth MB |")
+    print("|---|---|---|---|---|")
+    for frames_per_window, method, m in rows:
+        reader = "ours (classify_long_video)" if method == "ours" else "transformers load_video pyav + same windows"
+        print(f"| {frames_per_window} | {reader} | {m['cpu_s'] * per_minute:.1f} | {m['wall_s'] * per_minute:.1f} "
+              f"| {m['rss_mb']:.0f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--long", action="store_true", help="the long-video (windows) benchmark instead")
+    parser.add_argument("--seconds", type=float, default=60.0, help="--long: length of the generated clip")
+    parser.add_argument("--frames-per-window", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--long-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.long_child:
+        method, path, frames_per_window, fps, num_frames = args.long_child
+        return long_child(method, path, int(frames_per_window), float(fps), int(num_frames))
+    if args.long:
+        return long_video_benchmark(args)
 
     from transformers.video_utils import load_video
 

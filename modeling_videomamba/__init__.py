@@ -22,6 +22,7 @@ from .processors import (
     VideoMambaImageProcessor,
     VideoMambaProcessor,
     VideoMambaVideoProcessor,
+    classify_long_video,
     VideoMambaVideoTextProcessor,
     dataset_video_transform,
     multi_view_predict,
@@ -55,6 +56,7 @@ __all__ = [
     "VideoDecodingError",
     "VideoDecodingWarning",
     "read_video",
+    "classify_long_video",
     "multi_view_predict",
     "dataset_video_transform",
 ]

@@ -6,10 +6,14 @@ PIL backend performs those steps, so this class sets its defaults and only round
 original does; it needs no torchvision.
 """
 
-from transformers.image_processing_backends import PilBackend
-from transformers.image_utils import PILImageResampling
+from .requirements import require
 
-from .video_transforms import IMAGENET_MEAN, IMAGENET_STD
+require("PIL", "VideoMambaImageProcessor")
+
+from transformers.image_processing_backends import PilBackend  # noqa: E402
+from transformers.image_utils import PILImageResampling  # noqa: E402
+
+from .video_transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 # Fraction of the resized image kept by the centre crop at evaluation (224 of 256).
 EVAL_CROP_RATIO = 0.875
@@ -43,6 +47,27 @@ class VideoMambaImageProcessor(PilBackend):
             return super().center_crop(image, size, **kwargs)  # its error for bad sizes, its padding for small images
         top, left = round((height - size.height) / 2), round((width - size.width) / 2)
         return image[..., top : top + size.height, left : left + size.width]
+
+    @classmethod
+    def for_video_processor(cls, video_processor):
+        """The per-frame counterpart of a `VideoMambaVideoProcessor`'s evaluation transform (bilinear resize of
+        the shorter side, centre crop, rescale, normalisation), for single frames of a video model.
+
+        `save_pretrained` of the video processor writes it beside its own file: transformers' pipelines batch
+        (`batch_size > 1`) only with an image processor or feature extractor loaded, not a video processor.
+        """
+        return cls(
+            resample=PILImageResampling.BILINEAR,
+            do_resize=video_processor.do_resize,
+            size=dict(video_processor.size),
+            do_center_crop=video_processor.do_center_crop,
+            crop_size=dict(video_processor.crop_size),
+            do_rescale=video_processor.do_rescale,
+            rescale_factor=video_processor.rescale_factor,
+            do_normalize=video_processor.do_normalize,
+            image_mean=list(video_processor.image_mean),
+            image_std=list(video_processor.image_std),
+        )
 
     @classmethod
     def from_model_config(cls, config, **kwargs):

@@ -4,7 +4,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, VIDEO_PROCESSOR_NAME, cached_file
 from transformers.video_processing_utils import VideoProcessorMixin
 
-from .image_processing_videomamba import VideoMambaImageProcessor
+from .video_processing_videomamba import save_frame_image_processor
 
 _HUB_KWARGS = ("cache_dir", "force_download", "token", "revision", "local_files_only", "subfolder")
 
@@ -41,8 +41,16 @@ class VideoMambaProcessor(ProcessorMixin):
             ) is not None
 
         if not has(PROCESSOR_NAME) and not has(VIDEO_PROCESSOR_NAME) and has(IMAGE_PROCESSOR_NAME):
+            from .image_processing_videomamba import VideoMambaImageProcessor  # needs pillow: only for image models
+
             return VideoMambaImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
+        """`processor_config.json`, plus the per-frame image processor that lets pipelines batch (see
+        `save_frame_image_processor`)."""
+        save_frame_image_processor(self.video_processor, save_directory)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def __call__(self, videos=None, **kwargs):
         """Process `videos` with the video processor; see `VideoMambaVideoProcessor.preprocess`."""

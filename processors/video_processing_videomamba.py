@@ -7,13 +7,18 @@ torchvision: decoding is PyAV (`video_decoding.py`) and the transforms are torch
 This file imports its siblings only relatively, so `save_pretrained` can copy it for `trust_remote_code`.
 """
 
+from dataclasses import dataclass, field
+from typing import Optional
+
 import numpy as np
 import torch
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import VideoProcessorMixin
+from transformers.video_utils import VideoMetadata
 
-from .video_decoding import SAMPLING_MODES, is_video_source, read_video, sample_frame_indices
+from .frame_sampling import SAMPLING_MODES, FrameTimeline, fps_times, sample_frame_indices
+from .video_decoding import is_video_source, read_video
 from .video_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -36,13 +41,47 @@ class VideoMambaVideoProcessorKwargs(VideosKwargs, total=False):
     train_crop_scale: tuple
     train_crop_ratio: tuple
     train_flip: bool
+    keep_coded_frames: bool
 
 
 _CALL_OPTIONS = (
-    "num_frames", "do_sample_frames", "sampling", "frame_stride", "num_temporal_clips", "num_spatial_crops",
+    "num_frames", "fps", "do_sample_frames", "sampling", "frame_stride", "num_temporal_clips", "num_spatial_crops",
+    "keep_coded_frames",
     "do_resize", "size", "do_center_crop", "crop_size", "do_rescale", "rescale_factor", "do_normalize",
     "image_mean", "image_std", "train_crop_scale", "train_crop_ratio", "train_flip",
 )
+
+
+@dataclass
+class TimedVideoMetadata(VideoMetadata):
+    """transformers' `VideoMetadata` whose `timestamps` are the sampled frames' presentation times.
+
+    transformers computes `timestamps` as `frames_indices / fps`, which is wrong for variable-frame-rate
+    videos; here they are the frames' own times (seconds from the first frame), `frames_timestamps`.
+    """
+
+    frames_timestamps: Optional[list] = field(default=None)
+
+    @property
+    def timestamps(self):
+        if self.frames_timestamps is None:
+            return super().timestamps
+        return list(self.frames_timestamps)
+
+
+def save_frame_image_processor(video_processor, save_directory):
+    """Write `VideoMambaImageProcessor.for_video_processor(video_processor)` into `save_directory`.
+
+    transformers' pipelines collate batches only when they hold a tokenizer, feature extractor or image
+    processor; the video-classification pipeline loads an image processor from the model directory when
+    there is one (and still preprocesses with the video processor), so this file makes `batch_size > 1`
+    work. Skipped (batching then needs `image_processor=` given to `pipeline`) where pillow is missing.
+    """
+    try:
+        from .image_processing_videomamba import VideoMambaImageProcessor
+    except ImportError:
+        return
+    VideoMambaImageProcessor.for_video_processor(video_processor).save_pretrained(save_directory)
 
 
 def _size_dict(size, keys):
@@ -87,6 +126,41 @@ def _split_videos(videos):
         "Expected videos as a path, bytes, a file object, an array (T, H, W, C) or (T, C, H, W), a list of "
         f"frames, or a list of those; got {type(videos).__name__}{empty}."
     )
+
+
+def _split_metadata(video_metadata, num_videos):
+    """One metadata mapping (or None) per video from None, a mapping, or a list of mappings."""
+    if video_metadata is None:
+        return [None] * num_videos
+    if isinstance(video_metadata, (dict, VideoMetadata)):
+        video_metadata = [video_metadata]
+    video_metadata = list(video_metadata)
+    if len(video_metadata) != num_videos or not all(isinstance(m, (dict, VideoMetadata)) for m in video_metadata):
+        raise ValueError(
+            f"video_metadata must be a VideoMetadata or dict per video ({num_videos} videos); got {video_metadata!r}."
+        )
+    return video_metadata
+
+
+def _array_timeline(num_frames, video_metadata, needs_fps):
+    """(FrameTimeline, fps or None) of an array video; its frames are at `frames_indices` / `fps` seconds.
+
+    Without an fps the timeline is regular in frames (time-based and index-based sampling then agree).
+    """
+    fps = video_metadata.get("fps") if video_metadata is not None else None
+    if fps is None:
+        if needs_fps:
+            raise ValueError(
+                "fps sampling of an array video needs its frame rate: pass video_metadata={'fps': ...} "
+                "(a transformers VideoMetadata or a dict), or sample by num_frames."
+            )
+        return FrameTimeline.regular(num_frames, 1.0), None
+    held = video_metadata.get("frames_indices")
+    if held is None:
+        return FrameTimeline.regular(num_frames, float(fps)), float(fps)
+    if len(held) != num_frames:
+        raise ValueError(f"video_metadata has {len(held)} frames_indices for a video of {num_frames} frames.")
+    return FrameTimeline.from_timestamps(np.asarray(held, dtype=np.float64) / fps, fps), float(fps)
 
 
 def _channels_first(video, input_data_format):
@@ -136,15 +210,21 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
 
     Args:
         num_frames (`int`, defaults to 8): frames per clip (the model config's `num_frames`).
-        do_sample_frames (`bool`, defaults to True): sample `num_frames` frames; if False, array videos are
-            used whole and decoded files give all their frames.
-        sampling (`str`, defaults to `"segment"`): `"segment"` (VideoMamba) or `"stride"` (VideoMAE).
+        fps (`float`, *optional*): sample one frame every `1 / fps` seconds over the whole video instead of
+            `num_frames` frames (transformers' `fps=`); needs the video's timing (files have it, arrays need
+            `video_metadata` with `fps`). Given in a call together with `num_frames`, it is an error.
+        do_sample_frames (`bool`, defaults to True): sample frames; if False, array videos are used whole and
+            decoded files give all their frames.
+        sampling (`str`, defaults to `"segment"`): `"segment"` (VideoMamba; on presentation times, so
+            variable-frame-rate files are sampled evenly in time) or `"stride"` (VideoMAE; in frames).
         frame_stride (`int`, defaults to 4): frame gap of `"stride"` sampling.
         num_temporal_clips (`int`, defaults to 1), num_spatial_crops (`int`, 1 or 3, defaults to 1): views.
         do_resize, size (`{"shortest_edge": 224}`), do_center_crop, crop_size (`{"height": 224, "width": 224}`),
         do_rescale, rescale_factor (1/255), do_normalize, image_mean, image_std (ImageNet): as in transformers.
         train_crop_scale ((0.08, 1.0)), train_crop_ratio ((3/4, 4/3)), train_flip (True): training
             augmentation (set `train_flip=False` for direction-sensitive data such as Something-Something).
+        keep_coded_frames (`bool`, defaults to False): decoded files keep their coded frames, without the
+            display rotation/flip and the sample-aspect-ratio stretch that players apply (and we by default).
     """
 
     model_input_names = ["pixel_values"]
@@ -153,6 +233,7 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
     def __init__(
         self,
         num_frames=8,
+        fps=None,
         do_sample_frames=True,
         sampling="segment",
         frame_stride=4,
@@ -170,11 +251,13 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         train_crop_scale=(0.08, 1.0),
         train_crop_ratio=(3 / 4, 4 / 3),
         train_flip=True,
+        keep_coded_frames=False,
         **kwargs,
     ):
         kwargs.pop("video_processor_type", None)  # written by `to_dict`, it names this class
         super().__init__(**kwargs)
         self.num_frames = num_frames
+        self.fps = fps
         self.do_sample_frames = do_sample_frames
         self.sampling = sampling
         self.frame_stride = frame_stride
@@ -192,6 +275,7 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         self.train_crop_scale = list(train_crop_scale)
         self.train_crop_ratio = list(train_crop_ratio)
         self.train_flip = train_flip
+        self.keep_coded_frames = keep_coded_frames
         self._validate(self._options({}))
 
     @classmethod
@@ -199,6 +283,12 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         """A processor matching a `VideoMambaConfig`: its `num_frames`, and `image_size` as resize and crop."""
         defaults = {"num_frames": config.num_frames, "size": config.image_size, "crop_size": config.image_size}
         return cls(**{**defaults, **kwargs})
+
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
+        """Save `video_preprocessor_config.json`, and the per-frame image processor (`preprocessor_config.json`)
+        that lets `pipeline("video-classification", batch_size=...)` batch (see `save_frame_image_processor`)."""
+        save_frame_image_processor(self, save_directory)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def _options(self, overrides):
         options = {name: getattr(self, name) for name in _CALL_OPTIONS}
@@ -212,6 +302,11 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         for name in ("num_frames", "frame_stride", "num_temporal_clips"):
             if not isinstance(options[name], int) or isinstance(options[name], bool) or options[name] <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {options[name]!r}.")
+        fps = options["fps"]
+        if fps is not None and (not isinstance(fps, (int, float)) or isinstance(fps, bool) or fps <= 0):
+            raise ValueError(f"fps must be a positive number or None, got {fps!r}.")
+        if fps is not None and options["num_temporal_clips"] != 1:
+            raise ValueError("fps sampling takes the whole video: it cannot be combined with num_temporal_clips > 1.")
         if options["sampling"] not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {options['sampling']!r}.")
         if options["num_spatial_crops"] not in (1, 3):
@@ -225,7 +320,10 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
     def __call__(self, videos, **kwargs) -> BatchFeature:
         return self.preprocess(videos, **kwargs)
 
-    def preprocess(self, videos, training=False, generator=None, input_data_format=None, return_tensors=None, **kwargs):
+    def preprocess(
+        self, videos, training=False, generator=None, input_data_format=None, return_tensors=None,
+        return_metadata=False, video_metadata=None, **kwargs,
+    ):
         """Process a video or a batch of videos.
 
         Args:
@@ -236,10 +334,18 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
             generator (`np.random.Generator` or `int` seed): randomness for `training`.
             input_data_format: `"channels_last"` or `"channels_first"` for array inputs (inferred if None).
             return_tensors: `"pt"` (default when None) or `"np"`.
-            kwargs: per-call overrides of the constructor's options (`num_frames`, `do_sample_frames`, ...).
+            return_metadata (`bool`): also return `video_metadata`, one `TimedVideoMetadata` (a transformers
+                `VideoMetadata`) per video: `total_num_frames`, `fps`, `duration` (s), `height`/`width` of the
+                frames before resizing, `frames_indices` and `timestamps` (s) of the sampled frames, in the
+                order of the output rows.
+            video_metadata: for array/frame-list videos, a `VideoMetadata` or dict (or one per video) with
+                the video's `fps` and, if the array holds only some frames of a video, their
+                `frames_indices`; this times the frames for `fps=` sampling and time-based segments.
+            kwargs: per-call overrides of the constructor's options (`num_frames`, `fps`, `do_sample_frames`, ...).
         Returns:
-            `BatchFeature` with `pixel_values` (batch * views, num_frames, 3, H, W) float32, plus `num_views`
-            (an int) when there is more than one view per video.
+            `BatchFeature` with `pixel_values` (batch * views, T, 3, H, W) float32 (T = `num_frames`, or the
+            count `fps` gives), plus `num_views` (an int) when there is more than one view per video and
+            `video_metadata` (a list) when `return_metadata`.
         """
         unknown = sorted(set(kwargs) - set(_CALL_OPTIONS))
         if unknown:
@@ -248,7 +354,11 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
             )
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
+        if kwargs.get("fps") is not None and kwargs.get("num_frames") is not None:
+            raise ValueError("num_frames and fps are mutually exclusive: pass one of them.")
         options = self._options(kwargs)
+        if kwargs.get("num_frames") is not None:  # a call's num_frames beats a constructor's fps
+            options["fps"] = None
         self._validate(options)
         if training and (options["num_temporal_clips"] > 1 or options["num_spatial_crops"] > 1):
             raise ValueError(
@@ -256,12 +366,13 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
             )
         rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
 
-        views = [
-            view
-            for video in _split_videos(videos)
-            for clip in self._sample_clips(video, options, training, rng, input_data_format)
-            for view in self._transform(clip, options, training, rng)
-        ]
+        videos = _split_videos(videos)
+        metadata = _split_metadata(video_metadata, len(videos))
+        views, metadata_out = [], []
+        for video, video_meta in zip(videos, metadata):
+            clips, meta = self._sample_clips(video, options, training, rng, input_data_format, video_meta)
+            views.extend(view for clip in clips for view in self._transform(clip, options, training, rng))
+            metadata_out.append(meta)
         if len({tuple(view.shape) for view in views}) > 1:
             raise ValueError(
                 "Videos end up with different shapes and cannot be batched: "
@@ -272,24 +383,37 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         num_views = options["num_temporal_clips"] * options["num_spatial_crops"]
         if num_views > 1:
             data["num_views"] = num_views
+        if return_metadata:
+            data["video_metadata"] = metadata_out
         return BatchFeature(data=data)
 
-    def _sample_clips(self, video, options, training, rng, input_data_format):
-        """List of clips (T, C, H, W) (uint8 for decoded input) of one video, one per temporal view."""
+    def _sample_clips(self, video, options, training, rng, input_data_format, video_metadata):
+        """Clips (T, C, H, W) (uint8 for decoded input) of one video, one per temporal view, and its metadata."""
         num_clips = 1 if training else options["num_temporal_clips"]
 
-        def sampler(num_total):
+        def sampler(timeline):
+            if options["fps"] is not None:
+                return fps_times(timeline, options["fps"], training=training, rng=rng)
             return sample_frame_indices(
-                num_total, options["num_frames"], sampling=options["sampling"], stride=options["frame_stride"],
-                training=training, num_clips=num_clips, rng=rng,
+                timeline.num_frames, options["num_frames"], sampling=options["sampling"],
+                stride=options["frame_stride"], training=training, num_clips=num_clips, rng=rng, timeline=timeline,
             )
 
         if is_video_source(video):
+            if video_metadata is not None:
+                raise ValueError("video_metadata is for array videos; files are timed from their own timestamps.")
             if isinstance(video, str) and video.startswith(("http://", "https://")):
                 raise ValueError(f"Download {video!r} first: this processor reads local files, bytes and file objects.")
-            frames, _ = read_video(video, sampler if options["do_sample_frames"] else None)
+            frames, info = read_video(
+                video, sampler if options["do_sample_frames"] else None, keep_coded_frames=options["keep_coded_frames"]
+            )
             frames = frames if options["do_sample_frames"] else frames[None]
-            return [_channels_first(clip, "channels_last") for clip in frames]
+            metadata = TimedVideoMetadata(
+                total_num_frames=info.num_frames, fps=info.fps, width=info.width, height=info.height,
+                duration=info.duration, video_backend="pyav", frames_indices=info.frame_indices.reshape(-1).tolist(),
+                frames_timestamps=info.frame_timestamps.reshape(-1).tolist(),
+            )
+            return [_channels_first(clip, "channels_last") for clip in frames], metadata
         if isinstance(video, (list, tuple)):
             if not video or not all(_is_frame(frame) for frame in video):
                 raise ValueError(
@@ -301,9 +425,18 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
                 raise ValueError(f"The frames of one video must share one size; got frames of shapes {shapes}.")
             video = np.stack(frames)
         video = _channels_first(video, input_data_format)
-        if not options["do_sample_frames"]:
-            return [video]
-        return [video[torch.from_numpy(indices)] for indices in sampler(video.shape[0])]
+        timeline, fps = _array_timeline(video.shape[0], video_metadata, options["fps"] is not None)
+        indices = sampler(timeline) if options["do_sample_frames"] else np.arange(video.shape[0])[None]
+        held = video_metadata.get("frames_indices") if video_metadata is not None else None
+        held = np.asarray(held) if held is not None else None
+        metadata = TimedVideoMetadata(
+            total_num_frames=int((video_metadata or {}).get("total_num_frames") or video.shape[0]),
+            fps=fps, width=video.shape[-1], height=video.shape[-2], duration=timeline.duration if fps else None,
+            video_backend=None,
+            frames_indices=(held[indices] if held is not None else indices).reshape(-1).tolist(),
+            frames_timestamps=timeline.timestamps[indices].reshape(-1).tolist() if fps else None,
+        )
+        return [video[torch.from_numpy(clip)] for clip in indices], metadata
 
     def _transform(self, clip, options, training, rng):
         """The spatial views (each (T, C, H, W), normalised) of one clip."""
@@ -332,4 +465,4 @@ class VideoMambaVideoProcessor(VideoProcessorMixin):
         ]
 
 
-__all__ = ["VideoMambaVideoProcessor", "VideoMambaVideoProcessorKwargs"]
+__all__ = ["TimedVideoMetadata", "VideoMambaVideoProcessor", "VideoMambaVideoProcessorKwargs", "save_frame_image_processor"]

@@ -52,6 +52,17 @@ def test_pipeline_passes_num_frames_to_the_processor(classifier, videos):
     assert classifier.preprocess(str(videos["mp4"]))["pixel_values"].shape == (1, 4, 3, 32, 32)
 
 
+def test_pipeline_batches_like_one_by_one(classifier, videos, real_clip):
+    # Different containers, lengths and sizes; 5 videos in batches of 2 leave a last batch of 1.
+    paths = [str(videos["mp4"]), str(videos["long"]), str(videos["tall"]), real_clip, str(videos["webm"])]
+    one_by_one = [classifier(path, top_k=3) for path in paths]
+    batched = classifier(paths, batch_size=2, top_k=3)
+    assert len(batched) == len(paths)
+    for alone, together in zip(one_by_one, batched):
+        assert [r["label"] for r in together] == [r["label"] for r in alone]
+        assert [r["score"] for r in together] == pytest.approx([r["score"] for r in alone], abs=1e-5)
+
+
 def test_pipeline_reports_unreadable_files(classifier, broken_videos):
     with pytest.raises(ValueError, match="no video stream"):
         classifier(str(broken_videos["audio_only"]))
@@ -84,7 +95,7 @@ REMOTE_SCRIPT = textwrap.dedent(
         "processor_module": type(classifier.video_processor).__module__,
         "auto_processor": type(processor).__module__ + "." + type(processor).__name__,
         "pixel_values": processor(videos=paths[0])["pixel_values"].flatten().tolist(),
-        "results": classifier(paths, top_k=3),
+        "results": classifier(paths, top_k=3, batch_size=2),
         "torchvision": "torchvision" in sys.modules,
     }))
     """
@@ -110,3 +121,41 @@ def test_pipeline_with_trust_remote_code_where_the_package_is_not_importable(tin
     for path, result in zip(paths, report["results"]):
         expected = _expected_scores(tiny_model_dir, path)
         assert {r["label"]: r["score"] for r in result} == pytest.approx(expected, abs=1e-6)
+
+
+MISSING_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    for name in ["modeling_videomamba", *sys.argv[2:]]:
+        sys.modules[name] = None  # as if not installed: `import` fails, find_spec finds nothing
+
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    for auto in (AutoProcessor, AutoImageProcessor):
+        try:
+            auto.from_pretrained(sys.argv[1], trust_remote_code=True)
+            print(auto.__name__, "loaded")
+        except ImportError as error:
+            print(auto.__name__, "ImportError:", " ".join(str(error).split()))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "blocked, expected",
+    [
+        (["av"], {"AutoProcessor": "pip install av", "AutoImageProcessor": "loaded"}),
+        (["PIL"], {"AutoProcessor": "loaded", "AutoImageProcessor": "pip install pillow"}),
+    ],
+)
+def test_remote_code_names_the_packages_to_install(tiny_model_dir, tmp_path, blocked, expected):
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", MISSING_SCRIPT, str(tiny_model_dir), *blocked],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in run.stdout.strip().splitlines()[-2:])
+    for auto, text in expected.items():
+        assert text in lines[auto], lines

@@ -3,14 +3,23 @@
 import json
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from video_fixtures import frame_index_of, frame_level, make_frames
+from video_fixtures import (
+    asymmetric_pattern,
+    frame_index_of,
+    frame_level,
+    make_frames,
+    patch_mp4_display_matrix,
+    write_h264,
+)
 from transformers import AutoProcessor
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+from transformers.video_utils import VideoMetadata
 
 from modeling_videomamba import (
     VideoMambaForVideoClassification,
@@ -278,3 +287,69 @@ def test_nothing_imports_torchvision(videos):
 def test_frame_fixture_is_self_consistent():
     assert [frame_index_of(frame) for frame in make_frames(25)] == list(range(25))
     assert segment_indices(25, 5).tolist() == [[2, 7, 12, 17, 22]]
+
+
+# ---- time-based sampling, metadata, orientation ---------------------------------------------------------
+
+# 20 frames at 20 fps, then 4 at 4 fps (milliseconds): 2 seconds.
+VFR_MS = [50 * i for i in range(20)] + [1000 + 250 * i for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def vfr_clip(tmp_path_factory):
+    return write_h264(tmp_path_factory.mktemp("vfr") / "vfr.mp4", make_frames(24), pts=VFR_MS, time_base=Fraction(1, 1000))
+
+
+def test_fps_sampling_is_even_in_time_on_a_variable_frame_rate_file(processor, vfr_clip):
+    out = processor(vfr_clip, fps=2, return_metadata=True)
+    # One frame per half second at 0.25, 0.75, 1.25, 1.75 s: the frames shown then (independent lookup).
+    expected = [max(i for i, ms in enumerate(VFR_MS) if ms <= t) for t in (250, 750, 1250, 1750)]
+    assert _red_indices(out["pixel_values"]) == [expected]
+    (metadata,) = out["video_metadata"]
+    assert isinstance(metadata, VideoMetadata)
+    assert metadata.frames_indices == expected
+    assert metadata.timestamps == pytest.approx([VFR_MS[i] / 1000 for i in expected])
+    assert metadata.total_num_frames == 24 and metadata.duration == pytest.approx(2.0)
+    assert (metadata.height, metadata.width) == (48, 64) and metadata.video_backend == "pyav"
+    four = processor(vfr_clip, fps=4)["pixel_values"]
+    assert four.shape[1] == 8  # 2 s at 4 fps
+    # num_frames segments are even in time too (not in frame indices).
+    assert _red_indices(processor(vfr_clip)["pixel_values"]) == [expected]
+
+
+def test_fps_and_num_frames_in_one_call_are_refused_and_array_fps_needs_metadata(processor, vfr_clip):
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        processor(vfr_clip, fps=2, num_frames=4)
+    with pytest.raises(ValueError, match="frame rate"):
+        processor(make_frames(20), fps=2)
+    with pytest.raises(ValueError, match="fps must be"):
+        processor(vfr_clip, fps=0)
+    # A constructor's fps gives way to a call's num_frames.
+    by_fps = VideoMambaVideoProcessor(num_frames=4, size=32, crop_size=32, fps=5)
+    assert by_fps(vfr_clip)["pixel_values"].shape[1] == 10
+    assert by_fps(vfr_clip, num_frames=3)["pixel_values"].shape[1] == 3
+
+
+def test_video_metadata_times_pre_decoded_arrays(processor):
+    frames = make_frames(20)  # 2 s at 10 fps
+    out = processor(frames, fps=2, video_metadata=VideoMetadata(total_num_frames=20, fps=10), return_metadata=True)
+    assert _red_indices(out["pixel_values"]) == [[2, 7, 12, 17]]  # frames shown at 0.25, 0.75, 1.25, 1.75 s
+    assert out["video_metadata"][0].timestamps == pytest.approx([0.2, 0.7, 1.2, 1.7])
+    # An array holding frames 0, 2, 4, ... of a 10 fps video: its frame k is at 0.2 k seconds.
+    held = {"fps": 10, "frames_indices": list(range(0, 40, 2)), "total_num_frames": 40}
+    out = processor(frames, fps=1, video_metadata=held, return_metadata=True)
+    assert _red_indices(out["pixel_values"]) == [[2, 7, 12, 17]]  # shown at 0.5, 1.5, 2.5, 3.5 s
+    assert out["video_metadata"][0].frames_indices == [4, 14, 24, 34]
+    with pytest.raises(ValueError, match="per video"):
+        processor([frames, frames], video_metadata=[{"fps": 10}])
+
+
+def test_rotated_phone_video_is_processed_upright(processor, tmp_path):
+    path = patch_mp4_display_matrix(write_h264(tmp_path / "phone.mp4", np.stack([asymmetric_pattern()] * 4)), 0, 1, -1, 0)
+    upright = np.rot90(asymmetric_pattern(), k=-1)  # displayed 48 wide, 64 high
+    expected = processor(np.stack([upright] * 4))["pixel_values"]
+    got = processor(path)["pixel_values"]
+    assert (got - expected).abs().mean() < 0.05
+    sideways = processor(path, keep_coded_frames=True)["pixel_values"]
+    assert (sideways - processor(np.stack([asymmetric_pattern()] * 4))["pixel_values"]).abs().mean() < 0.05
+    assert (sideways - expected).abs().mean() > 0.3

@@ -6,6 +6,7 @@ Shared by the test modules through `conftest.py` fixtures.
 """
 
 import os
+import struct
 from fractions import Fraction
 
 import av
@@ -88,4 +89,68 @@ def patch_avi_frame_count(path, claimed):
     data[strh + 32 : strh + 36] = int(claimed).to_bytes(4, "little")
     with open(path, "wb") as file:
         file.write(bytes(data))
+    return path
+
+
+# ---- videos as phones, editors and broadcasts make them ------------------------------------------------
+
+
+def asymmetric_pattern(height=48, width=64):
+    """uint8 (H, W, 3) that no flip or rotation maps onto itself: a red top-left square, a blue bottom band."""
+    image = np.full((height, width, 3), 128, dtype=np.uint8)
+    image[: height // 3, : width // 4] = (255, 0, 0)
+    image[-height // 3 :, :] = (0, 0, 255)
+    return image
+
+
+def patch_mp4_display_matrix(path, a, b, c, d):
+    """Write the 2x2 part (a, b; c, d, in whole units) of the first track's tkhd matrix of an mp4, as phones
+    record their rotation; FFmpeg reads it back as the stream's display matrix."""
+    data = bytearray(open(path, "rb").read())
+    start = data.index(b"tkhd") + 4  # version byte
+    matrix = start + 4 + (32 if data[start] == 1 else 20) + 16  # flags, times/ids/duration, reserved..volume
+    data[matrix : matrix + 36] = struct.pack(">9i", a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30)
+    with open(path, "wb") as file:
+        file.write(bytes(data))
+    return path
+
+
+def write_h264(path, frames, fps=10, pts=None, time_base=None, container_format=None, sample_aspect_ratio=None,
+               pix_fmt="yuv420p"):
+    """h264 frames (T, H, W, 3) with optional explicit timestamps `pts` (in `time_base`) and a sample aspect
+    ratio; any container PyAV writes (`container_format` for extension-less names)."""
+    with av.open(os.fspath(path), mode="w", format=container_format) as container:
+        stream = container.add_stream("h264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        stream.options = {"crf": "10", "preset": "ultrafast"}
+        if sample_aspect_ratio is not None:
+            stream.codec_context.sample_aspect_ratio = Fraction(sample_aspect_ratio)
+        if time_base is not None:
+            stream.codec_context.time_base = Fraction(time_base)
+        for i, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = int(pts[i]), Fraction(time_base)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def write_with_audio(path, frames, fps=10, audio_rate=16000):
+    """mp4 with h264 video (T, H, W, 3) and an AAC tone as long as the video."""
+    with av.open(os.fspath(path), mode="w") as container:
+        video = container.add_stream("h264", rate=Fraction(fps))
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        video.options = {"crf": "23", "preset": "ultrafast"}
+        audio = container.add_stream("aac", rate=audio_rate)
+        audio.layout = "mono"
+        samples_per_frame = audio_rate // fps
+        for i, array in enumerate(frames):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+            t = np.arange(i * samples_per_frame, (i + 1) * samples_per_frame) / audio_rate
+            sound = av.AudioFrame.from_ndarray((np.sin(2 * np.pi * 440 * t) * 0.3).astype(np.float32)[None], "flt", "mono")
+            sound.sample_rate, sound.pts = audio_rate, i * samples_per_frame
+            container.mux(audio.encode(sound))
+        container.mux(video.encode(None))
+        container.mux(audio.encode(None))
     return path
