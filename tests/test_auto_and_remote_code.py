@@ -1,11 +1,10 @@
 """Auto classes in-process, and loading a saved directory with trust_remote_code where the package is absent."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import torch
+from remote_code import run_without_package
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForVideoClassification
 
 from modeling_videomamba import (
@@ -46,23 +45,6 @@ def test_save_pretrained_writes_safetensors_auto_map_and_modeling_files(tmp_path
 # Runs in a fresh interpreter where `import modeling_videomamba` fails, so only the copied files can serve.
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "modeling_videomamba" or name.startswith("modeling_videomamba."):
-                raise ImportError("blocked for this test: " + name)
-            return None
-
-    sys.meta_path.insert(0, BlockPackage())
-    sys.path = [p for p in sys.path if p not in ("", ".", {repo!r})]
-    try:
-        import modeling_videomamba
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("the package is still importable")
-
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
 
@@ -84,19 +66,12 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_saved_directory_loads_with_trust_remote_code_without_the_package(tmp_path):
-    from pathlib import Path
-
-    repo = str(Path(__file__).resolve().parents[1])
     directory = tmp_path / "model"
     model = VideoMambaForVideoClassification(VideoMambaConfig(**TINY)).eval()
     model.save_pretrained(directory)
     inputs = torch.randn(2, 4, 3, 32, 32)
     torch.save(inputs, directory / "inputs.pt")
-    script = REMOTE_SCRIPT.format(repo=repo, directory=str(directory))
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_without_package(REMOTE_SCRIPT.format(directory=str(directory)), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "REMOTE-OK" in result.stdout
     outputs = torch.load(directory / "outputs.pt")

@@ -2,14 +2,12 @@
 on a converted image model, in-process and as remote code."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
+from remote_code import run_without_package
 from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor, pipeline
 
@@ -91,12 +89,6 @@ REMOTE_SCRIPT = textwrap.dedent(
     from PIL import Image
     import numpy as np
 
-    class BlockPackage:  # as on a machine without this package
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "modeling_videomamba":
-                raise ImportError(f"{name} is blocked for this test")
-
-    sys.meta_path.insert(0, BlockPackage())
     from transformers import AutoImageProcessor, AutoProcessor, pipeline
 
     model_dir, image_path = sys.argv[1:]
@@ -116,11 +108,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 def test_image_pipeline_with_trust_remote_code_where_the_package_is_not_importable(image_model_dir, tmp_path):
     image_path = tmp_path / "image.png"
     random_image(50, 42, seed=2).save(image_path)
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(image_model_dir), str(image_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
-    )
+    run = run_without_package(REMOTE_SCRIPT, image_model_dir, image_path, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["processor_module"].startswith("transformers_modules.") and report["torchvision"] is False

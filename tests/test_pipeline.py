@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from remote_code import run_without_package
 from transformers import pipeline
 
 from modeling_videomamba import VideoMambaForVideoClassification, VideoMambaVideoProcessor
@@ -72,19 +73,6 @@ REMOTE_SCRIPT = textwrap.dedent(
     """
     import json, sys
 
-    class BlockPackage:
-        # Make `import modeling_videomamba` fail, as on a machine without this package.
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "modeling_videomamba":
-                raise ImportError(f"{name} is blocked for this test")
-            return None
-
-    sys.meta_path.insert(0, BlockPackage())
-    try:
-        import modeling_videomamba  # noqa: F401
-        raise SystemExit("the import blocker did not work")
-    except ImportError:
-        pass
     from transformers import AutoProcessor, pipeline
 
     model_dir, paths = sys.argv[1], sys.argv[2:]
@@ -104,11 +92,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 def test_pipeline_with_trust_remote_code_where_the_package_is_not_importable(tiny_model_dir, videos, tmp_path):
     paths = [str(videos["mp4"]), str(videos["mkv"])]
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(tiny_model_dir), *paths],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
-    )
+    run = run_without_package(REMOTE_SCRIPT, tiny_model_dir, *paths, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["model_module"].startswith("transformers_modules.")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from remote_code import run_without_package
 import torch.nn.functional as F
 from transformers import AutoModel, AutoProcessor, BertConfig, BertTokenizer
 
@@ -202,16 +203,6 @@ def test_saved_directory_reloads_with_the_same_outputs(model, converted_dir, ori
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "modeling_videomamba" or name.startswith("modeling_videomamba."):
-                raise ImportError("blocked for this test: " + name)
-            return None
-
-    sys.meta_path.insert(0, BlockPackage())
-    sys.path = [p for p in sys.path if p not in ("", ".", {repo!r})]
     import torch
     from transformers import AutoModel
 
@@ -231,12 +222,8 @@ REMOTE_SCRIPT = textwrap.dedent(
 def test_saved_directory_loads_with_trust_remote_code_without_the_package(converted_dir, model, original, tmp_path):
     inputs = {key: original[key] for key in ("pixel_values", "input_ids", "attention_mask")}
     torch.save(inputs, tmp_path / "inputs.pt")
-    script = REMOTE_SCRIPT.format(
-        repo=str(REPO), directory=str(converted_dir), inputs=str(tmp_path / "inputs.pt"), outputs=str(tmp_path / "out.pt")
-    )
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin", "PYTHONPATH": "",
-           "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    script = REMOTE_SCRIPT.format(directory=str(converted_dir), inputs=str(tmp_path / "inputs.pt"), outputs=str(tmp_path / "out.pt"))
+    result = run_without_package(script, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "REMOTE-OK" in result.stdout
     outputs = torch.load(tmp_path / "out.pt")

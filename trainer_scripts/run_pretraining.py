@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 # Only what parsing needs (TrainingArguments brings torch): models, the Trainer and datasets load in `main`,
 # so --help and argument errors answer quickly.
-from script_utils import parse_script_arguments
+from script_utils import parse_script_arguments, train_and_evaluate
 from transformers import TrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -76,7 +76,6 @@ def main(argv=None):
     model_args, data_args, training_args = parse_script_arguments((PreTrainingArguments, DataArguments, TrainingArguments), argv)
 
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from modeling_videomamba import VideoMambaConfig, VideoMambaForPreTraining, VideoMambaVideoProcessor
     from modeling_videomamba.pretraining import VideoMambaPreTrainingTrainer
@@ -118,15 +117,7 @@ def main(argv=None):
         model=model, args=training_args, train_dataset=train_set, data_collator=collate_clips, processing_class=processor,
         teacher=teacher, mask_type=model_args.mask_type, mask_ratio=model_args.mask_ratio, mask_schedule=schedule,
     )
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir) and training_args.resume_from_checkpoint is None:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    return trainer
+    return train_and_evaluate(trainer, training_args, train=True, evaluate=False)
 
 
 if __name__ == "__main__":

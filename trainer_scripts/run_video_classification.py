@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 # Only what parsing needs (TrainingArguments brings torch): models, the Trainer and datasets load in `main`,
 # so --help and argument errors answer quickly.
-from script_utils import parse_script_arguments
+from script_utils import parse_script_arguments, train_and_evaluate
 from transformers import TrainingArguments
 
 # The script runs from a checkout too, where the package is beside this folder.
@@ -130,7 +130,6 @@ def main(argv=None):
     logger.setLevel(training_args.get_process_log_level())
 
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from modeling_videomamba import VideoMambaForVideoClassification, VideoMambaVideoProcessor
     from modeling_videomamba.distillation import VideoMambaDistillationTrainer
@@ -144,11 +143,6 @@ def main(argv=None):
         resize_model_inputs,
     )
 
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir) and training_args.do_train and training_args.resume_from_checkpoint is None:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None:
-            logger.info(f"Resuming from {last_checkpoint} (pass another --output_dir to start over).")
     set_seed(training_args.seed)
 
     source = dict(dataset_name=data_args.dataset_name, video_column=data_args.video_column_name, label_column=data_args.label_column_name)
@@ -188,17 +182,7 @@ def main(argv=None):
     else:
         trainer = VideoMambaTrainer(**trainer_kwargs)
 
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-    if training_args.do_eval:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    return trainer
+    return train_and_evaluate(trainer, training_args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 # Only what parsing needs (TrainingArguments brings torch): models, the Trainer and datasets load in `main`,
 # so --help and argument errors answer quickly.
-from script_utils import parse_script_arguments
+from script_utils import parse_script_arguments, train_and_evaluate
 from transformers import TrainingArguments
 
 # The script runs from a checkout too, where the package is beside this folder.
@@ -73,7 +73,6 @@ def main(argv=None):
     model_args, data_args, training_args = parse_script_arguments((ModelArguments, DataTrainingArguments, TrainingArguments), argv)
     logger.setLevel(training_args.get_process_log_level())
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from modeling_videomamba import VideoMambaVideoProcessor, VideoMambaVideoTextModel
     from modeling_videomamba.training_utils import pin_memory_only_with_accelerator
@@ -88,11 +87,6 @@ def main(argv=None):
     # Captions are tokenised by the collator: the Trainer must not drop the "caption" field beforehand.
     training_args.remove_unused_columns = False
 
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir) and training_args.do_train and training_args.resume_from_checkpoint is None:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None:
-            logger.info(f"Resuming from {last_checkpoint} (pass another --output_dir to start over).")
     set_seed(training_args.seed)
 
     model = VideoMambaVideoTextModel.from_pretrained(model_args.model_name_or_path)
@@ -117,17 +111,7 @@ def main(argv=None):
         data_collator=VideoCaptionCollator(processor.tokenizer, model_args.max_text_length), processing_class=processor,
         tokenizer=processor.tokenizer, max_length=model_args.max_text_length, rerank_k=model_args.rerank_k,
     )
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-    if training_args.do_eval:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    return trainer
+    return train_and_evaluate(trainer, training_args)
 
 
 if __name__ == "__main__":

@@ -28,3 +28,32 @@ def parse_script_arguments(dataclass_types: tuple, argv=None) -> tuple:
 
     transformers_logging.set_verbosity(parsed[-1].get_process_log_level())
     return parsed
+
+
+def train_and_evaluate(trainer, training_args, train: bool = None, evaluate: bool = None):
+    """The scripts' epilogue (HF examples' order). Training resumes from `--resume_from_checkpoint`, else from
+    the last checkpoint in `--output_dir` (rerun the same command to continue), then saves the model, the
+    metrics and the Trainer state; evaluation writes `eval_results.json`. `train` / `evaluate` default to
+    `--do_train` / `--do_eval`."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    train = training_args.do_train if train is None else train
+    evaluate = training_args.do_eval if evaluate is None else evaluate
+    logger = logging.getLogger(__name__)
+    logger.setLevel(training_args.get_process_log_level())
+    if train:
+        checkpoint = training_args.resume_from_checkpoint
+        if checkpoint is None and os.path.isdir(training_args.output_dir):
+            checkpoint = get_last_checkpoint(training_args.output_dir)
+            if checkpoint is not None:
+                logger.info(f"Resuming from {checkpoint} (pass another --output_dir to start over).")
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+    if evaluate:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return trainer
