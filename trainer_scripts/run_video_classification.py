@@ -35,7 +35,10 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(default=None, metadata={"help": "A saved or converted VideoMamba (directory)."})
-    preset: str = field(default=None, metadata={"help": "Train from scratch with a paper size: tiny, small or middle."})
+    preset: str = field(
+        default=None,
+        metadata={"help": "Train from scratch with a paper size: tiny, small or middle (learning rate 1e-3 unless given)."},
+    )
     config_overrides: str = field(
         default=None, metadata={"help": "Config fields for --preset, e.g. 'hidden_size=96,num_hidden_layers=4,image_size=64'."}
     )
@@ -80,6 +83,22 @@ def _subsample(samples, count, seed):
     if count is None or count >= len(samples):
         return samples
     return random.Random(seed).sample(samples, count)
+
+
+# TrainingArguments' default learning rate (5e-5) suits fine-tuning; from scratch it leaves the loss at chance
+# for the whole first epoch (README "Training from scratch"), so --preset runs that keep it get this instead.
+FROM_SCRATCH_LEARNING_RATE = 1e-3
+
+
+def use_from_scratch_learning_rate(model_args, training_args):
+    """With --preset and --learning_rate left at the Trainer's default, train at FROM_SCRATCH_LEARNING_RATE."""
+    trainer_default = TrainingArguments.__dataclass_fields__["learning_rate"].default
+    if model_args.preset and training_args.learning_rate == trainer_default:
+        logger.info(
+            f"--preset trains from scratch: learning rate {FROM_SCRATCH_LEARNING_RATE} instead of the Trainer's "
+            f"fine-tuning default {trainer_default} (pass another --learning_rate to choose)."
+        )
+        training_args.learning_rate = FROM_SCRATCH_LEARNING_RATE
 
 
 def build_video_processor(model_name_or_path, config, data_args):
@@ -128,6 +147,7 @@ def build_model(model_args, data_args, num_labels, label2id):
 def main(argv=None):
     model_args, data_args, training_args = parse_script_arguments((ModelArguments, DataTrainingArguments, TrainingArguments), argv)
     logger.setLevel(training_args.get_process_log_level())
+    use_from_scratch_learning_rate(model_args, training_args)
 
     from transformers import set_seed
 
