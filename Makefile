@@ -2,12 +2,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TEST_DEPS := $(VENV)/.test-dependencies
 
+# The package and what the demo needs.
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e .
+	touch $(PY)
+
+# What only the tests need, on top.
+$(TEST_DEPS): $(PY)
 	# the triton extra lets the tests run the Triton scan's kernels on CPU (its interpreter)
 	$(PY) -m pip install -e ".[test,triton]"
 	# mamba-ssm and causal-conv1d from their sdists without the CUDA build, for their Python interfaces
@@ -17,12 +24,12 @@ $(PY):
 	$(PY) -m pip install setuptools wheel packaging
 	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
 		$(PY) -m pip install --no-deps --no-build-isolation mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
-	touch $(PY)
+	touch $(TEST_DEPS)
 
 .PHONY: setup test demo
-setup: $(PY)
+setup: $(TEST_DEPS)
 
-test: $(PY)
+test: $(TEST_DEPS)
 	$(PY) -m pytest -q
 
 # Passive OpenMP waiting keeps training fast when other processes share the cores (spinning threads
