@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "trainer_scripts"))
 
 import run_pretraining  # noqa: E402
 import run_video_classification  # noqa: E402
+from script_utils import end_distributed  # noqa: E402
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification  # noqa: E402
 from modeling_videomamba.distillation import VideoMambaDistillationCallback  # noqa: E402
@@ -101,6 +102,7 @@ def main(output_root, data, teachers):
         phase(Path(output_root) / name, Path(data), Path(teachers))
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"phase {name} done", flush=True)
+    end_distributed()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 # Only what parsing needs (TrainingArguments brings torch): models, the Trainer and datasets load in `main`,
 # so --help and argument errors answer quickly.
-from script_utils import parse_script_arguments, train_and_evaluate
+from script_utils import end_distributed, parse_script_arguments, train_and_evaluate
 from transformers import TrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -122,3 +122,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    end_distributed()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 # Only what parsing needs (TrainingArguments brings torch): models, the Trainer and datasets load in `main`,
 # so --help and argument errors answer quickly.
-from script_utils import parse_script_arguments, train_and_evaluate
+from script_utils import end_distributed, parse_script_arguments, train_and_evaluate
 from transformers import TrainingArguments
 
 # The script runs from a checkout too, where the package is beside this folder.
@@ -207,3 +207,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    end_distributed()

@@ -57,3 +57,14 @@ def train_and_evaluate(trainer, training_args, train: bool = None, evaluate: boo
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     return trainer
+
+
+def end_distributed():
+    """Tear down the process group of a multi-process run once every process is done. Left to interpreter
+    exit, gloo's threads can abort a process after its work is finished ("terminate called without an
+    active exception"), failing the whole torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
