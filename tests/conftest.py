@@ -129,3 +129,20 @@ def synthetic_videos(tmp_path_factory):
     classes = ("moving_left", "moving_right", "rotating_clockwise", "rotating_counterclockwise")
     generate_dataset(root, train_per_class=6, validation_per_class=2, num_frames=8, size=32, classes=classes, seed=0)
     return root
+
+
+@pytest.fixture
+def decoded_frame_pts(monkeypatch):
+    """The pts of every frame the PyAV reader decodes from now on, in order: the decoding work done."""
+    from modeling_videomamba.processors import video_decoding
+
+    decoded = []
+    original = video_decoding._decoded_frames
+
+    def counting(container, stream, errors):
+        for frame in original(container, stream, errors):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(video_decoding, "_decoded_frames", counting)
+    return decoded
