@@ -57,6 +57,27 @@ def _program_coordinates(dim_per_group, blocks_per_group, state_size, BLOCK_D: t
 
 
 @triton.jit
+def _block_parameters(
+    A_ptr, D_ptr, bias_ptr, batch, group, channels, states, mask_d, mask_n, length, dim, groups, state_size,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
+):
+    """What both kernels load once per program: the (BLOCK_D, BLOCK_N) mask and state index, A, the dt bias
+    and D of its channels (zeros when absent), and the offsets of its first token in u/delta and in B/C."""
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    state_index = channels[:, None] * state_size + states[None, :]
+    A = tl.load(A_ptr + state_index, mask=mask_dn, other=0.0).to(ACC)
+    bias = tl.zeros((BLOCK_D,), dtype=ACC)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channels, mask=mask_d, other=0.0).to(ACC)
+    D = tl.zeros((BLOCK_D,), dtype=ACC)
+    if HAS_D:
+        D = tl.load(D_ptr + channels, mask=mask_d, other=0.0).to(ACC)
+    token_base = batch * length * dim + channels
+    bc_base = batch * length * groups * state_size + group * state_size + states
+    return mask_dn, state_index, A, bias, D, token_base, bc_base
+
+
+@triton.jit
 def _step_inputs(
     u_ptr, delta_ptr, B_ptr, C_ptr, bias, token_offset, bc_offset, mask_d, mask_n,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACC: tl.constexpr,
@@ -84,17 +105,10 @@ def _scan_forward_kernel(
     batch, block, group, channels, states, mask_d, mask_n = _program_coordinates(
         dim_per_group, blocks_per_group, state_size, BLOCK_D, BLOCK_N
     )
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    state_index = channels[:, None] * state_size + states[None, :]
-    A = tl.load(A_ptr + state_index, mask=mask_dn, other=0.0).to(ACC)
-    bias = tl.zeros((BLOCK_D,), dtype=ACC)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + channels, mask=mask_d, other=0.0).to(ACC)
-    D = tl.zeros((BLOCK_D,), dtype=ACC)
-    if HAS_D:
-        D = tl.load(D_ptr + channels, mask=mask_d, other=0.0).to(ACC)
-    token_base = batch * length * dim + channels
-    bc_base = batch * length * groups * state_size + group * state_size + states
+    mask_dn, state_index, A, bias, D, token_base, bc_base = _block_parameters(
+        A_ptr, D_ptr, bias_ptr, batch, group, channels, states, mask_d, mask_n, length, dim, groups, state_size,
+        HAS_D, HAS_BIAS, BLOCK_D, ACC,
+    )
     state = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
     for chunk in range(num_chunks):
         tl.store(checkpoint_ptr + (batch * num_chunks + chunk) * dim * state_size + state_index, state, mask=mask_dn)
@@ -128,17 +142,10 @@ def _scan_backward_kernel(
     batch, block, group, channels, states, mask_d, mask_n = _program_coordinates(
         dim_per_group, blocks_per_group, state_size, BLOCK_D, BLOCK_N
     )
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    state_index = channels[:, None] * state_size + states[None, :]
-    A = tl.load(A_ptr + state_index, mask=mask_dn, other=0.0).to(ACC)
-    bias = tl.zeros((BLOCK_D,), dtype=ACC)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + channels, mask=mask_d, other=0.0).to(ACC)
-    D = tl.zeros((BLOCK_D,), dtype=ACC)
-    if HAS_D:
-        D = tl.load(D_ptr + channels, mask=mask_d, other=0.0).to(ACC)
-    token_base = batch * length * dim + channels
-    bc_base = batch * length * groups * state_size + group * state_size + states
+    mask_dn, state_index, A, bias, D, token_base, bc_base = _block_parameters(
+        A_ptr, D_ptr, bias_ptr, batch, group, channels, states, mask_d, mask_n, length, dim, groups, state_size,
+        HAS_D, HAS_BIAS, BLOCK_D, ACC,
+    )
     # Per-channel-block partial sums of grad B / grad C: (batch, L, groups, blocks_per_group, N).
     partial_base = (batch * length * groups + group) * blocks_per_group * state_size
     partial_base += (block % blocks_per_group) * state_size + states
