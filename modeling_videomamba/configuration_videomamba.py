@@ -75,6 +75,9 @@ class VideoMambaConfig(PreTrainedConfig):
             the patch tokens: `"spatial_first"` (frame by frame, the paper's choice), `"temporal_first"`
             (position by position through time) or `"hybrid"` (alternating per block). Outputs are
             always returned in spatial-first order.
+        use_mean_pooling (`bool`, *optional*, defaults to `False`): What `pooler_output` (and so a classification
+            head) reads: `False` the normalised cls token (the original's head, which converted checkpoints
+            use), `True` the mean of the normalised patch tokens (VideoMAE's `use_mean_pooling`).
         modality (`str`, *optional*, defaults to `"video"`): `"video"` (Conv3d patches, temporal embeddings,
             input (B, T, C, H, W)) or `"image"` (Conv2d patches, no temporal embedding, input (B, C, H, W));
             `VideoMambaForImageClassification` sets it to `"image"`.
@@ -117,6 +120,7 @@ class VideoMambaConfig(PreTrainedConfig):
         time_step_max=0.1,
         scan_implementation="auto",
         token_order="spatial_first",
+        use_mean_pooling=False,
         modality="video",
         teacher_hidden_size=512,
         num_aligned_layers=1,
@@ -147,6 +151,7 @@ class VideoMambaConfig(PreTrainedConfig):
         self.time_step_max = time_step_max
         self.scan_implementation = scan_implementation
         self.token_order = token_order
+        self.use_mean_pooling = use_mean_pooling
         self.modality = modality
         self.teacher_hidden_size = teacher_hidden_size
         self.num_aligned_layers = num_aligned_layers
@@ -192,6 +197,8 @@ class VideoMambaConfig(PreTrainedConfig):
             raise ValueError(
                 f"num_frames ({self.num_frames}) must be divisible by tubelet_size ({self.tubelet_size})."
             )
+        if not isinstance(self.use_mean_pooling, bool):
+            raise ValueError(f"VideoMambaConfig.use_mean_pooling must be True or False, got {self.use_mean_pooling!r}.")
         for name in ("drop_path_rate", "hidden_dropout_prob", "classifier_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

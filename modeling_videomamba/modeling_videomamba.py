@@ -34,7 +34,8 @@ class VideoMambaModelOutput(BaseModelOutputWithPooling):
     last_hidden_state (`torch.FloatTensor` of shape `(batch, 1 + T*h*w, hidden_size)`):
         Final-norm output of every token, cls first, patches in spatial-first order.
     pooler_output (`torch.FloatTensor` of shape `(batch, hidden_size)`):
-        `last_hidden_state[:, 0]`, the normalised cls token.
+        `last_hidden_state[:, 0]`, the normalised cls token; with `config.use_mean_pooling`,
+        `last_hidden_state[:, 1:].mean(1)`, the mean of the normalised patch tokens.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*):
         The residual stream entering each block, then the stream after the last block (before the
         final norm): `num_hidden_layers + 1` tensors of shape `(batch, 1 + T*h*w, hidden_size)`.
@@ -500,7 +501,7 @@ class VideoMambaModel(VideoMambaPreTrainedModel):
         if output_hidden_states:
             all_hidden_states.append(stream)
         last_hidden_state = self.norm_f(stream).to(tokens.dtype)
-        pooled = last_hidden_state[:, 0]
+        pooled = last_hidden_state[:, 1:].mean(1) if self.config.use_mean_pooling else last_hidden_state[:, 0]
         hidden_states = tuple(all_hidden_states) if output_hidden_states else None
         if not return_dict:
             return tuple(v for v in (last_hidden_state, pooled, hidden_states) if v is not None)

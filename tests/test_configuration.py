@@ -53,6 +53,7 @@ def test_unknown_preset_is_named():
         ({"drop_path_rate": 1.5}, "drop_path_rate"),
         ({"modality": "audio"}, "modality"),
         ({"dt_init": "zeros"}, "dt_init"),
+        ({"use_mean_pooling": "yes"}, "use_mean_pooling"),
     ],
 )
 def test_invalid_values_are_refused_clearly(kwargs, message):
