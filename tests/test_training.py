@@ -145,6 +145,33 @@ def test_from_scratch_defaults_lower_the_loss_within_the_first_epoch(tmp_path, a
     assert np.mean(losses[-8:]) < np.log(8) - 0.1, losses
 
 
+@pytest.mark.parametrize(
+    "argv, parsed_rate, expected",
+    [
+        (["--preset", "tiny"], None, 1e-3),
+        (["--preset", "tiny", "--learning_rate", "5e-5"], 5e-5, 5e-5),  # explicit, though equal to the Trainer's default
+        (["--preset", "tiny", "--learning-rate=2e-3"], 2e-3, 2e-3),
+        (["--model_name_or_path", "saved"], None, 5e-5),  # fine-tuning keeps the Trainer's default
+    ],
+)
+def test_from_scratch_learning_rate_unless_given(tmp_path, argv, parsed_rate, expected):
+    from run_video_classification import ModelArguments, use_from_scratch_learning_rate
+
+    model_args = ModelArguments(preset="tiny" if "--preset" in argv else None)
+    training_args = TrainingArguments(output_dir=str(tmp_path), **({"learning_rate": parsed_rate} if parsed_rate else {}))
+    use_from_scratch_learning_rate(model_args, training_args, argv)
+    assert training_args.learning_rate == expected
+
+
+def test_given_arguments_reads_flags_and_json_files(tmp_path):
+    from script_utils import given_arguments
+
+    assert given_arguments(["--preset", "tiny", "--learning-rate=2e-3", "--do_train"]) == {"preset", "learning_rate", "do_train"}
+    arguments = tmp_path / "args.json"
+    arguments.write_text(json.dumps({"preset": "tiny", "learning_rate": 5e-5, "output_dir": "out"}))
+    assert given_arguments([str(arguments)]) == {"preset", "learning_rate", "output_dir"}
+
+
 @pytest.mark.parametrize("overrides, expected", [("hidden_size=32", "hybrid"), ("token_order=spatial_first", "spatial_first")])
 def test_from_scratch_token_order_is_hybrid_unless_given(overrides, expected):
     from run_video_classification import DataTrainingArguments, ModelArguments, build_model

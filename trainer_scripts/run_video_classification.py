@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 # Only what parsing needs (TrainingArguments brings torch): models, the Trainer and datasets load in `main`,
 # so --help and argument errors answer quickly.
-from script_utils import end_distributed, parse_script_arguments, train_and_evaluate
+from script_utils import end_distributed, given_arguments, parse_script_arguments, train_and_evaluate
 from transformers import TrainingArguments
 
 # The script runs from a checkout too, where the package is beside this folder.
@@ -97,10 +97,10 @@ FROM_SCRATCH_LEARNING_RATE = 1e-3
 FROM_SCRATCH_TOKEN_ORDER = "hybrid"
 
 
-def use_from_scratch_learning_rate(model_args, training_args):
-    """With --preset and --learning_rate left at the Trainer's default, train at FROM_SCRATCH_LEARNING_RATE."""
+def use_from_scratch_learning_rate(model_args, training_args, argv=None):
+    """With --preset and no --learning_rate in `argv` (the command line by default), train at FROM_SCRATCH_LEARNING_RATE."""
     trainer_default = TrainingArguments.__dataclass_fields__["learning_rate"].default
-    if model_args.preset and training_args.learning_rate == trainer_default:
+    if model_args.preset and "learning_rate" not in given_arguments(argv):
         logger.info(
             f"--preset trains from scratch: learning rate {FROM_SCRATCH_LEARNING_RATE} instead of the Trainer's "
             f"fine-tuning default {trainer_default} (pass another --learning_rate to choose)."
@@ -160,7 +160,7 @@ def build_model(model_args, data_args, num_labels, label2id):
 def main(argv=None):
     model_args, data_args, training_args = parse_script_arguments((ModelArguments, DataTrainingArguments, TrainingArguments), argv)
     logger.setLevel(training_args.get_process_log_level())
-    use_from_scratch_learning_rate(model_args, training_args)
+    use_from_scratch_learning_rate(model_args, training_args, argv)
 
     from transformers import set_seed
 

@@ -2,6 +2,7 @@
 arguments answer before torch models, the Trainer and `datasets` are imported (the scripts import those
 in `main`, after parsing)."""
 
+import json
 import logging
 import os
 import sys
@@ -28,6 +29,16 @@ def parse_script_arguments(dataclass_types: tuple, argv=None) -> tuple:
 
     transformers_logging.set_verbosity(parsed[-1].get_process_log_level())
     return parsed
+
+
+def given_arguments(argv=None) -> set:
+    """Names of the arguments written out in `argv` (flags, `--name=value` included, or the keys of one JSON
+    file), with dashes as underscores: what tells an explicit value from a default that happens to equal it."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0]) as handle:
+            return set(json.load(handle))
+    return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in map(str, argv) if arg.startswith("--")}
 
 
 def train_and_evaluate(trainer, training_args, train: bool = None, evaluate: bool = None):
