@@ -45,11 +45,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .configuration_videomamba import SCAN_IMPLEMENTATIONS as IMPLEMENTATIONS
 from .native_scan import native_scan, native_scan_available, op_namespace
 
 _NAMESPACE = op_namespace(__name__)
-
-IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda", "triton")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
