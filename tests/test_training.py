@@ -172,6 +172,19 @@ def test_given_arguments_reads_flags_and_json_files(tmp_path):
     assert given_arguments([str(arguments)]) == {"preset", "learning_rate", "output_dir"}
 
 
+def test_script_arguments_come_from_flags_or_one_json_file(tmp_path):
+    from run_video_classification import DataTrainingArguments, ModelArguments
+    from script_utils import parse_script_arguments
+
+    arguments = tmp_path / "args.json"
+    arguments.write_text(json.dumps({"preset": "small", "learning_rate": 2e-4, "output_dir": str(tmp_path / "out")}))
+    dataclasses = (ModelArguments, DataTrainingArguments, TrainingArguments)
+    model_args, _, training_args = parse_script_arguments(dataclasses, [str(arguments)])
+    assert (model_args.preset, training_args.learning_rate) == ("small", 2e-4)
+    model_args, _, training_args = parse_script_arguments(dataclasses, ["--preset", "tiny", "--output_dir", str(tmp_path)])
+    assert (model_args.preset, training_args.learning_rate) == ("tiny", 5e-5)
+
+
 @pytest.mark.parametrize("overrides, expected", [("hidden_size=32", "hybrid"), ("token_order=spatial_first", "spatial_first")])
 def test_from_scratch_token_order_is_hybrid_unless_given(overrides, expected):
     from run_video_classification import DataTrainingArguments, ModelArguments, build_model

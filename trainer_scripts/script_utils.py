@@ -10,6 +10,11 @@ import sys
 from transformers import HfArgumentParser
 
 
+def _arguments_file(argv: list):
+    """The JSON file the arguments come from (HF examples' convention: it is the only argument), or None."""
+    return argv[0] if len(argv) == 1 and str(argv[0]).endswith(".json") else None
+
+
 def parse_script_arguments(dataclass_types: tuple, argv=None) -> tuple:
     """The trainer scripts' arguments: one JSON file, or command-line flags (HF examples' convention).
 
@@ -18,8 +23,8 @@ def parse_script_arguments(dataclass_types: tuple, argv=None) -> tuple:
     """
     parser = HfArgumentParser(dataclass_types)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        parsed = parser.parse_json_file(os.path.abspath(argv[0]))
+    if arguments_file := _arguments_file(argv):
+        parsed = parser.parse_json_file(os.path.abspath(arguments_file))
     else:
         parsed = parser.parse_args_into_dataclasses(argv)
     logging.basicConfig(
@@ -35,8 +40,8 @@ def given_arguments(argv=None) -> set:
     """Names of the arguments written out in `argv` (flags, `--name=value` included, or the keys of one JSON
     file), with dashes as underscores: what tells an explicit value from a default that happens to equal it."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        with open(argv[0]) as handle:
+    if arguments_file := _arguments_file(argv):
+        with open(arguments_file) as handle:
             return set(json.load(handle))
     return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in map(str, argv) if arg.startswith("--")}
 
