@@ -62,14 +62,14 @@ def videomae_config_like(mamba: VideoMambaConfig, head_dim: int, tubelet_size: i
     return best[1]
 
 
-def epoch_losses(log_history, steps_per_epoch: int) -> list:
-    """Mean training loss of each epoch, from a Trainer's `log_history` logged at every step."""
-    losses = [entry["loss"] for entry in log_history if "loss" in entry]
-    return [sum(chunk) / len(chunk) for chunk in (losses[i : i + steps_per_epoch] for i in range(0, len(losses), steps_per_epoch))]
+def epoch_means(step_losses: list, steps_per_epoch: int) -> list:
+    """Mean training loss of each epoch from the losses of every step."""
+    chunks = (step_losses[i : i + steps_per_epoch] for i in range(0, len(step_losses), steps_per_epoch))
+    return [sum(chunk) / len(chunk) for chunk in chunks]
 
 
 def train_and_evaluate(model, train_set, eval_set, processor, args, seed: int, output_dir: Path) -> tuple:
-    """(held-out accuracy, process CPU seconds of training, mean training loss per epoch) under the shared recipe."""
+    """(held-out accuracy, process CPU seconds of training, training loss of every step) under the shared recipe."""
     training_args = TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=64, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
@@ -84,8 +84,8 @@ def train_and_evaluate(model, train_set, eval_set, processor, args, seed: int, o
     start = time.process_time()
     trainer.train()
     seconds = time.process_time() - start
-    steps_per_epoch = -(-len(train_set) // args.batch_size)
-    return trainer.evaluate()["eval_accuracy"], seconds, epoch_losses(trainer.state.log_history, steps_per_epoch)
+    step_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return trainer.evaluate()["eval_accuracy"], seconds, step_losses
 
 
 def main(argv=None):
@@ -137,21 +137,22 @@ def main(argv=None):
             "VideoMAE": lambda: VideoMAEForVideoClassification(mae_config),
         }
         rows, accuracies = [], {name: [] for name in builders}
+        steps_per_epoch = -(-len(train_samples) // args.batch_size)
         for seed in args.seeds:
             for name, build in builders.items():
                 torch.manual_seed(seed)
                 model = build()
-                accuracy, seconds, losses = train_and_evaluate(
+                accuracy, seconds, step_losses = train_and_evaluate(
                     model, train_set, eval_set, processor, args, seed, Path(scratch) / name
                 )
                 accuracies[name].append(accuracy)
                 rows.append([
                     name, f"{count_parameters(model) / 1e3:.0f}k", seed, f"{accuracy:.3f}", f"{seconds:.0f}",
-                    " ".join(f"{loss:.2f}" for loss in losses),
+                    " ".join(f"{loss:.2f}" for loss in epoch_means(step_losses, steps_per_epoch)),
                 ])
                 print(f"{name} seed {seed}: held-out accuracy {accuracy:.3f}", flush=True)
 
-    steps = int(args.epochs * -(-len(train_samples) // args.batch_size))
+    steps = int(args.epochs * steps_per_epoch)
     print(
         f"\n{len(label2id)} classes ({len(train_samples)} training / {len(eval_samples)} held-out clips, chance "
         f"{1 / len(label2id):.3f}), {args.num_frames}x{args.image_size}x{args.image_size}, {args.epochs:g} epochs "

@@ -185,6 +185,21 @@ def test_script_arguments_come_from_flags_or_one_json_file(tmp_path):
     assert (model_args.preset, training_args.learning_rate) == ("tiny", 5e-5)
 
 
+def test_videomae_comparison_trains_both_models_and_reports_every_epoch(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from compare_videomae_training import epoch_means, main
+
+    assert epoch_means([3.0, 1.0, 2.0, 4.0, 6.0], 2) == [2.0, 3.0, 6.0]
+    accuracies = main([
+        "--data-dir", str(tmp_path), "--train-per-class", "2", "--validation-per-class", "1", "--epochs", "2",
+        "--batch-size", "8", "--classes", "moving_left", "moving_right", "--threads", "1",
+    ])
+    assert set(accuracies) == {"VideoMamba", "VideoMAE"} and all(len(values) == 1 for values in accuracies.values())
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    rows = [cells for cells in lines if len(cells) > 1 and cells[0] in accuracies and cells[1].endswith("k")]  # the table
+    assert len(rows) == 2 and all(len(row) == 5 + 2 for row in rows)  # model, params, seed, accuracy, CPU s, 2 epochs
+
+
 @pytest.mark.parametrize("overrides, expected", [("hidden_size=32", "hybrid"), ("token_order=spatial_first", "spatial_first")])
 def test_from_scratch_token_order_is_hybrid_unless_given(overrides, expected):
     from run_video_classification import DataTrainingArguments, ModelArguments, build_model
