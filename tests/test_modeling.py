@@ -340,12 +340,19 @@ def test_fresh_cls_token_sees_every_frame_with_the_default_init():
     assert mean.min() > 0.2 * mean.max()
 
 
-def test_mean_pooling_reads_the_patch_tokens():
+def test_mean_pooling_reads_the_patch_tokens_and_survives_save_and_load(tmp_path):
+    from transformers import AutoModelForVideoClassification
+
     model = VideoMambaForVideoClassification(tiny_config(use_mean_pooling=True)).eval()
     clip = video()
     outputs = model.videomamba(clip)
     torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 1:].mean(1))
-    torch.testing.assert_close(model(clip).logits, model.classifier(outputs.pooler_output))
+    logits = model(clip).logits
+    torch.testing.assert_close(logits, model.classifier(outputs.pooler_output))
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForVideoClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.use_mean_pooling is True
+    torch.testing.assert_close(reloaded(clip).logits, logits)
 
 
 def test_mean_pooling_learns_a_label_only_the_last_frame_carries():
