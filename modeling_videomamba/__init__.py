@@ -9,12 +9,12 @@ from .configuration_videomamba import VideoMambaConfig
 from .configuration_videomamba_video_text import VideoMambaVideoTextConfig
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
-    VideoMambaForPreTraining,
     VideoMambaForVideoClassification,
     VideoMambaModel,
     VideoMambaModelOutput,
     VideoMambaPreTrainedModel,
 )
+from .modeling_videomamba_pretraining import VideoMambaForPreTraining
 from .modeling_videomamba_video_text import VideoMambaVideoTextModel, VideoMambaVideoTextOutput
 from .processors import (
     VideoDecodingError,

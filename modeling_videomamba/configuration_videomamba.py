@@ -25,7 +25,7 @@ AUTO_MAP = {
     "AutoModel": "modeling_videomamba.VideoMambaModel",
     "AutoModelForVideoClassification": "modeling_videomamba.VideoMambaForVideoClassification",
     "AutoModelForImageClassification": "modeling_videomamba.VideoMambaForImageClassification",
-    "AutoModelForPreTraining": "modeling_videomamba.VideoMambaForPreTraining",
+    "AutoModelForPreTraining": "modeling_videomamba_pretraining.VideoMambaForPreTraining",
 }
 ALIGNED_FEATURE_SOURCES = ("original", "final_norm")
 

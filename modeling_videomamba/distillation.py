@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import TrainerCallback
 
-from .modeling_videomamba import VideoMambaRMSNorm
+from .modeling_videomamba_blocks import VideoMambaRMSNorm
 from .training_utils import VideoMambaTrainer
 
 HEAD_NAME = "distill_head"

@@ -15,12 +15,8 @@ from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from .configuration_videomamba import VideoMambaConfig
 from .configuration_videomamba_video_text import VideoMambaVideoTextConfig
-from .modeling_videomamba import (
-    VideoMambaForImageClassification,
-    VideoMambaForPreTraining,
-    VideoMambaForVideoClassification,
-    VideoMambaModel,
-)
+from .modeling_videomamba import VideoMambaForImageClassification, VideoMambaForVideoClassification, VideoMambaModel
+from .modeling_videomamba_pretraining import VideoMambaForPreTraining
 from .processors.image_processing_videomamba import VideoMambaImageProcessor
 from .processors.processing_videomamba import VideoMambaProcessor
 from .modeling_videomamba_video_text import VideoMambaVideoTextModel

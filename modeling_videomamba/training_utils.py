@@ -349,7 +349,11 @@ def resize_model_inputs(model, num_frames: Optional[int] = None, image_size: Opt
     and the config is updated, so training, evaluation and `save_pretrained` all use the new size.
     Call it before the optimizer is created (it replaces the embedding parameters). None keeps a size.
     """
-    from .modeling_videomamba import VideoMambaEmbeddings, interpolate_position_embeddings, interpolate_temporal_embeddings
+    from .modeling_videomamba_embeddings import (
+        VideoMambaEmbeddings,
+        interpolate_position_embeddings,
+        interpolate_temporal_embeddings,
+    )
 
     config = model.config
     if num_frames is not None and num_frames != config.num_frames:

@@ -10,7 +10,7 @@ from modeling_videomamba import (
     VideoMambaForVideoClassification,
     VideoMambaModel,
 )
-from modeling_videomamba.modeling_videomamba import temporal_first_order
+from modeling_videomamba.modeling_videomamba_blocks import temporal_first_order
 
 
 def tiny_config(**overrides):
