@@ -14,6 +14,7 @@ from .modeling_videomamba import (
     VideoMambaModelOutput,
     VideoMambaPreTrainedModel,
 )
+from .features import VideoMambaFeatures, long_video_features, video_features
 from .modeling_videomamba_pretraining import VideoMambaForPreTraining
 from .modeling_videomamba_video_text import VideoMambaVideoTextModel, VideoMambaVideoTextOutput
 from .processors import (
@@ -59,4 +60,7 @@ __all__ = [
     "classify_long_video",
     "multi_view_predict",
     "dataset_video_transform",
+    "VideoMambaFeatures",
+    "video_features",
+    "long_video_features",
 ]

@@ -16,7 +16,7 @@ from cuda_kernel_stand_ins import CALLS, install, packages_missing, uninstall
 from test_selective_scan import assert_close_relative, make_inputs, outputs_and_grads, set_scan
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification
-from modeling_videomamba import modeling_videomamba as modeling
+from modeling_videomamba import modeling_videomamba_blocks as blocks
 
 # The package re-exports the function `selective_scan`, which shadows the submodule's attribute name.
 scan_module = importlib.import_module("modeling_videomamba.selective_scan")
@@ -43,7 +43,7 @@ def on_cuda_path(kernels, monkeypatch):
     def resolve(implementation, device):
         return "cuda" if implementation == "cuda" else real(implementation, device)
 
-    monkeypatch.setattr(modeling, "resolve_implementation", resolve)
+    monkeypatch.setattr(blocks, "resolve_implementation", resolve)
     monkeypatch.setattr(scan_module, "resolve_implementation", resolve)
     CALLS.clear()
 
