@@ -15,7 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp._fully_shard import _fsdp_param_group
 from torch.distributed.tensor import DTensor
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification
@@ -186,6 +188,37 @@ def half_model_phase():
     return {"plain_fully_shard_error": plain_error, "losses": losses, "dtypes": dtypes}
 
 
+def all_gathers_in_a_step(model):
+    """How many parameter all-gathers one forward and backward issues (counted where FSDP2 calls its collective)."""
+    original, calls = _fsdp_param_group.foreach_all_gather, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    _fsdp_param_group.foreach_all_gather = counting
+    try:
+        sharded_loss(model, *global_batch(0))
+    finally:
+        _fsdp_param_group.foreach_all_gather = original
+    return len(calls)
+
+
+def all_gathers_phase():
+    """All-gathers per step without checkpointing, with the model's own and with torch's checkpoint wrapper
+    (what accelerate applies for fsdp_config's activation_checkpointing), and with bf16 compute."""
+    own = build()
+    own.activation_checkpointing_enable()
+    wrapped = build()
+    for index, layer in enumerate(wrapped.videomamba.layers):
+        wrapped.videomamba.layers[index] = checkpoint_wrapper(layer, preserve_rng_state=False)
+    bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    models = {"plain": build(), "model_checkpointing": own, "checkpoint_wrapper": wrapped}
+    counts = {name: all_gathers_in_a_step(shard_model(model)) for name, model in models.items()}
+    counts["plain_bf16"] = all_gathers_in_a_step(shard_model(build(), mp_policy=bf16))
+    return {"layers": CONFIG["num_hidden_layers"], **counts}
+
+
 def distributed_checkpoint_phase(model, optimizer, folder):
     """dcp.save model + optimizer, load into a freshly built (other seed) and sharded model, continue both."""
     state = dict(zip(("model", "optimizer"), get_state_dict(model, optimizer)))
@@ -245,6 +278,7 @@ def main(output_root):
         )
     results["bf16_policy"] = mixed_precision_training()
     results["bf16_weights_fp32_ssm"] = half_model_phase()
+    results["all_gathers_per_step"] = all_gathers_phase()
     results["distributed_checkpoint"] = distributed_checkpoint_phase(trained, optimizer, output_root / "dcp")
     results["full_state_dict"] = full_state_dict_phase(trained, output_root / "pretrained")
     if dist.get_rank() == 0:

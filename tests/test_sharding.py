@@ -83,6 +83,18 @@ def test_bf16_weights_with_fp32_ssm_parameters_need_their_own_group(results):
     assert phase["losses"][-1] < phase["losses"][0], phase["losses"]
 
 
+def test_activation_checkpointing_adds_no_all_gathers_under_fsdp2(results):
+    """Forward: the root and every block gather once; backward: every block again (reshard_after_forward=True).
+    The recompute of a checkpointed block runs while FSDP2 is in its pre-backward state, so it reuses that
+    gather, whichever checkpointing applies: no redundant all-gather, which transformers' warning about
+    `--activation_checkpointing` with FSDP would suggest. With bf16
+    compute each block's fp32 A/D group is one more (small) gather, forward and backward."""
+    counts = results["all_gathers_per_step"]
+    layers = counts["layers"]
+    assert counts["plain"] == counts["model_checkpointing"] == counts["checkpoint_wrapper"] == 1 + 2 * layers, counts
+    assert counts["plain_bf16"] == 1 + 4 * layers, counts
+
+
 def test_distributed_checkpoint_reloads_into_a_freshly_sharded_model(results):
     phase = results["distributed_checkpoint"]
     assert phase["before_load"]["max"] > 0.1  # the fresh model (another seed) really started elsewhere
