@@ -57,9 +57,9 @@ def shard_model(
     """Apply FSDP2 in place: one group per `VideoMambaLayer` (A/D in fp32, see the module docstring), then the root.
 
     Args:
-        model: any VideoMamba model (`VideoMambaModel`, the classifiers, `VideoMambaForPreTraining`, the
-            video-text model), on the device it will train on, with the same initial weights on every rank
-            (same seed or loaded from the same checkpoint).
+        model: a model built of `VideoMambaLayer` blocks (the backbone, the classifiers, the pretraining
+            model; tests/test_sharding.py trains `VideoMambaForVideoClassification`), on the device it will
+            train on, with the same initial weights on every rank (same seed, or the same checkpoint).
         mp_policy: FSDP2's mixed precision, e.g. `MixedPrecisionPolicy(param_dtype=torch.bfloat16,
             reduce_dtype=torch.float32)`; None computes in the parameters' dtype. The sharded parameters the
             optimizer updates keep their original dtype.

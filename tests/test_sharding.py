@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification
 from modeling_videomamba.sharding import shard_model
+from sharding_phases import build
 from torchrun_launch import run_two_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,32 +117,31 @@ def test_shard_model_needs_videomamba_blocks():
         shard_model(torch.nn.Linear(2, 2))
 
 
-def _tiny_model(**overrides):
-    torch.manual_seed(0)
-    config = dict(hidden_size=32, num_hidden_layers=2, image_size=32, patch_size=8, num_frames=4, num_labels=3)
-    return VideoMambaForVideoClassification(VideoMambaConfig(**{**config, **overrides}))
-
-
-def _accelerate_fsdp_plugin(monkeypatch, **overrides):
-    """The FSDP plugin the Trainer hands accelerate for `--fsdp --fsdp_config trainer_scripts/configs/fsdp2.json`."""
+def _trainer_fsdp_plugin(monkeypatch, *flags):
+    """The FSDP plugin the Trainer hands accelerate when run_video_classification.py gets `flags`."""
     from accelerate.utils import FullyShardedDataParallelPlugin
-    from transformers import TrainingArguments
 
+    monkeypatch.syspath_prepend(str(REPO / "trainer_scripts"))
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")  # TrainingArguments sets it; restored afterwards
-    fsdp_config = {**json.loads(FSDP_CONFIG.read_text()), **overrides}
-    args = TrainingArguments(output_dir="unused", fsdp=True, fsdp_config=fsdp_config, use_cpu=True, report_to=[])
+    from run_video_classification import DataTrainingArguments, ModelArguments, TrainingArguments
+    from script_utils import parse_script_arguments
+
+    argv = ["--train_dir", "unused", "--output_dir", "unused", "--use_cpu", "true", "--report_to", "none", *map(str, flags)]
+    _, _, args = parse_script_arguments((ModelArguments, DataTrainingArguments, TrainingArguments), argv)
     return FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
 
 
-def test_trainer_fsdp_config_gives_each_videomamba_layer_its_own_group(monkeypatch):
+def test_trainer_fsdp_flags_give_each_videomamba_layer_its_own_group(monkeypatch):
+    """`--fsdp --fsdp_config trainer_scripts/configs/fsdp2.json`, as the README has it, and the legacy string form."""
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 
-    plugin = _accelerate_fsdp_plugin(monkeypatch)
-    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
-    model = _tiny_model(num_hidden_layers=3)
-    plugin.set_auto_wrap_policy(model)
-    wraps = fsdp2_prepare_auto_wrap_policy(plugin, model)
-    assert [name for name, module in model.named_modules() if wraps(module)] == [f"videomamba.layers.{i}" for i in range(3)]
+    for fsdp in (["--fsdp"], ["--fsdp", "full_shard auto_wrap"]):
+        plugin = _trainer_fsdp_plugin(monkeypatch, *fsdp, "--fsdp_config", FSDP_CONFIG)
+        assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True and not plugin.activation_checkpointing
+        model = build(num_hidden_layers=3)
+        plugin.set_auto_wrap_policy(model)
+        wraps = fsdp2_prepare_auto_wrap_policy(plugin, model)
+        assert [name for name, module in model.named_modules() if wraps(module)] == [f"videomamba.layers.{i}" for i in range(3)]
 
 
 def _gradients(model, pixel_values, labels):
@@ -151,26 +150,27 @@ def _gradients(model, pixel_values, labels):
     return torch.cat([parameter.grad.flatten() for parameter in model.parameters()])
 
 
-def test_accelerate_fsdp_activation_checkpointing_redraws_drop_path_masks(monkeypatch):
+def test_accelerate_fsdp_activation_checkpointing_redraws_drop_path_masks(monkeypatch, tmp_path):
     """Why the README sends drop_path_rate > 0 runs to `--activation_checkpointing` rather than fsdp_config's:
     accelerate's FSDP2 checkpoint wrapper does not replay the RNG, so the recomputed block drops other samples
     than the forward did and the gradients are wrong; the model's own checkpointing replays it and is exact."""
     from accelerate.utils.fsdp_utils import fsdp2_apply_ac
 
-    plugin = _accelerate_fsdp_plugin(monkeypatch, activation_checkpointing=True)
+    config = tmp_path / "fsdp2_checkpointing.json"
+    config.write_text(json.dumps({**json.loads(FSDP_CONFIG.read_text()), "activation_checkpointing": True}))
+    plugin = _trainer_fsdp_plugin(monkeypatch, "--fsdp", "--fsdp_config", config)
+    assert plugin.activation_checkpointing
     accelerator = types.SimpleNamespace(state=types.SimpleNamespace(fsdp_plugin=plugin))  # all fsdp2_apply_ac reads
     pixel_values, labels = torch.randn(4, 4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
 
-    def relative_error(model):
-        reference = _gradients(_tiny_model(**rates), pixel_values, labels)
+    def relative_error(model, drop_path_rate):
+        reference = _gradients(build(drop_path_rate=drop_path_rate), pixel_values, labels)
         return ((_gradients(model, pixel_values, labels) - reference).abs().max() / reference.abs().max()).item()
 
-    rates = {"drop_path_rate": 0.0}
-    assert relative_error(fsdp2_apply_ac(accelerator, _tiny_model(**rates))) < TENSOR_TOLERANCE
-    rates = {"drop_path_rate": 0.5}
-    wrapped = fsdp2_apply_ac(accelerator, _tiny_model(**rates))
+    assert relative_error(fsdp2_apply_ac(accelerator, build(drop_path_rate=0.0)), 0.0) < TENSOR_TOLERANCE
+    wrapped = fsdp2_apply_ac(accelerator, build(drop_path_rate=0.5))
     assert all(type(layer).__name__ == "CheckpointWrapper" for layer in wrapped.videomamba.layers)
-    assert relative_error(wrapped) > 0.1
-    own = _tiny_model(**rates)
+    assert relative_error(wrapped, 0.5) > 0.1
+    own = build(drop_path_rate=0.5)
     own.activation_checkpointing_enable()
-    assert relative_error(own) < TENSOR_TOLERANCE
+    assert relative_error(own, 0.5) < TENSOR_TOLERANCE
