@@ -18,12 +18,16 @@ Two details the model needs, both handled here:
 
 import dataclasses
 
-import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 # The blocks that get their own group: the same class the Trainer's `transformer_layer_cls_to_wrap` names.
 LAYER_CLASS_NAMES = ("VideoMambaLayer",)
+
+
+def _is_layer(module: nn.Module) -> bool:
+    """A VideoMambaLayer or a subclass (matched by name: the block's module may move within the package)."""
+    return any(cls.__name__ in LAYER_CLASS_NAMES for cls in type(module).__mro__)
 
 
 def _fp32_parameter_names(model: nn.Module) -> set:
@@ -65,13 +69,14 @@ def shard_model(
             optimizer updates keep their original dtype.
         reshard_after_forward: free each block's gathered parameters after its forward (ZeRO-3 memory, a
             second all-gather in backward); False keeps them until the backward (ZeRO-2-like).
-        mesh: a 1-D `DeviceMesh` to shard over (2-D for HSDP); None uses all ranks of the default group.
+        mesh: the `DeviceMesh` to shard over (passed to every `fully_shard`; only the default is tested here);
+            None uses all ranks of the default process group.
 
     Returns the model, now an `FSDPModule`. Gradients are averaged over ranks, as DDP does.
     """
     if isinstance(model, FSDPModule):
         raise ValueError(f"{type(model).__name__} is already sharded; call shard_model once, on the unsharded model.")
-    layers = [module for module in model.modules() if type(module).__name__ in LAYER_CLASS_NAMES]
+    layers = [module for module in model.modules() if _is_layer(module)]
     if not layers:
         raise ValueError(
             f"shard_model expected a VideoMamba model with {' or '.join(LAYER_CLASS_NAMES)} blocks; "
@@ -92,7 +97,11 @@ def shard_model(
         # (its other parameters are already in the block's group). Bottom-up order would not work: a group
         # does not look inside a module that has one, so the block would miss the mixer's Linear layers.
         fully_shard(
-            layer, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=layer_policy, ignored_params=set(kept)
+            layer,
+            mesh=mesh,
+            reshard_after_forward=reshard_after_forward,
+            mp_policy=layer_policy,
+            ignored_params=set(kept),
         )
         for owner in dict.fromkeys(kept.values()):
             own = {p for p, module in kept.items() if module is owner}
