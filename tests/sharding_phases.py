@@ -281,6 +281,11 @@ def main(output_root):
     results["all_gathers_per_step"] = all_gathers_phase()
     results["distributed_checkpoint"] = distributed_checkpoint_phase(trained, optimizer, output_root / "dcp")
     results["full_state_dict"] = full_state_dict_phase(trained, output_root / "pretrained")
+    try:
+        shard_model(trained)
+        results["sharding_twice_error"] = None
+    except ValueError as error:
+        results["sharding_twice_error"] = str(error)
     if dist.get_rank() == 0:
         (output_root / "results.json").write_text(json.dumps(results, indent=1))
     dist.barrier()

@@ -117,6 +117,10 @@ def test_shard_model_needs_videomamba_blocks():
         shard_model(torch.nn.Linear(2, 2))
 
 
+def test_shard_model_refuses_a_sharded_model(results):
+    assert "already sharded" in results["sharding_twice_error"]
+
+
 def _trainer_fsdp_plugin(monkeypatch, *flags):
     """The FSDP plugin the Trainer hands accelerate when run_video_classification.py gets `flags`."""
     from accelerate.utils import FullyShardedDataParallelPlugin
