@@ -48,8 +48,8 @@ import triton.language as tl
 CHUNK = 64
 # Channels per program (a power of two); state sizes are padded to a power of two in the chaining pass.
 BLOCK_D = 16
-# Warps per chunk program: at 8 the backward's gradient kernel needs 175 registers a thread and the
-# forward 77, without spills (ptxas for sm_90, bf16 inputs); at 4 they need 255 and 144.
+# Warps per chunk program: at 8 the backward's gradient pass needs 171 registers a thread and the
+# forward 77, without spills (ptxas for sm_90, bf16 inputs); at 4 warps they needed 255 and 144.
 NUM_WARPS = 8
 
 
@@ -208,47 +208,21 @@ def _chain_chunks_kernel(
 
 
 @triton.jit
-def _chunk_adjoint_kernel(
-    u_ptr, delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, grad_y_ptr, final_ptr, decay_ptr,
-    length, dim, groups, dim_per_group, blocks_per_group, state_size,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
-):
-    """Backward pass 1: the adjoint leaving the chunk to the left from a zero adjoint at its right end,
-    exp(delta_first A) lambda_first, and the chunk's decay (the factor on the adjoint entering it)."""
-    chunk, batch, channels, mask_d, rows, tokens, valid, mask, offsets, u, raw, delta, D, bc_offsets, chunk_offsets = (
-        _chunk_tile(u_ptr, delta_ptr, u_ptr, bias_ptr, length, dim, groups, dim_per_group, blocks_per_group,
-                    state_size, False, HAS_BIAS, SOFTPLUS, CHUNK, BLOCK_D, ACC)
-    )
-    grad, grad_out, z, sigmoid_z = _gated_grad_y(grad_y_ptr, z_ptr, offsets, mask, HAS_Z, ACC)
-    delta_next, mask_next = _next_delta(delta_ptr, bias_ptr, offsets, tokens, rows, channels, mask_d, length, dim,
-                                        HAS_BIAS, SOFTPLUS, CHUNK, ACC)
-    # Registers cannot be indexed: a row is picked by a masked sum over the tile.
-    first_row = (rows == 0)[:, None]
-    delta_first = tl.sum(tl.where(first_row, delta, 0.0), axis=0)
-    for n in range(state_size):
-        A = tl.load(A_ptr + channels * state_size + n, mask=mask_d, other=0.0).to(ACC)
-        C = tl.load(C_ptr + bc_offsets + n, mask=valid, other=0.0).to(ACC)
-        alpha = tl.where(mask_next, tl.exp(delta_next * A[None, :]), 1.0)
-        decay, adjoint = tl.associative_scan((alpha, grad * C[:, None]), 0, _affine_combine, reverse=True)
-        first_decay = tl.exp(delta_first * A)
-        tl.store(final_ptr + chunk_offsets + n, first_decay * tl.sum(tl.where(first_row, adjoint, 0.0), axis=0),
-                 mask=mask_d)
-        tl.store(decay_ptr + chunk_offsets + n, first_decay * tl.sum(tl.where(first_row, decay, 0.0), axis=0),
-                 mask=mask_d)
-
-
-@triton.jit
-def _chunk_gradient_kernel(
+def _chunk_backward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, grad_y_ptr, entry_ptr, adjoint_entry_ptr,
-    grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_B_ptr, grad_C_ptr, grad_A_ptr, grad_D_ptr, grad_bias_ptr,
-    length, dim, groups, dim_per_group, blocks_per_group, state_size,
+    final_ptr, decay_ptr, grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_B_ptr, grad_C_ptr, grad_A_ptr, grad_D_ptr,
+    grad_bias_ptr, length, dim, groups, dim_per_group, blocks_per_group, state_size,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
+    GRADIENTS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Backward pass 3: the chunk's states (from its entering state) and adjoints (from the adjoint entering
-    it from the right), then every gradient. grad_A, grad_D, grad_bias are per-chunk partial sums; grad_B
-    and grad_C (batch, L, groups, N) are accumulated over channel blocks atomically."""
+    """Backward passes 1 and 3, in reverse time.
+
+    Pass 1 (GRADIENTS False): the adjoint leaving the chunk to the left, exp(delta_first A) lambda_first,
+    from a zero adjoint at its right end, and the chunk's decay (the factor on the adjoint entering it).
+    Pass 3 (GRADIENTS True): the chunk's states (from its entering state) and adjoints (from the adjoint
+    entering it from the right), then every gradient. grad_A, grad_D and grad_bias are per-chunk partial
+    sums; grad_B and grad_C (batch, L, groups, N) are accumulated over channel blocks atomically.
+    """
     chunk, batch, channels, mask_d, rows, tokens, valid, mask, offsets, u, raw, delta, D, bc_offsets, chunk_offsets = (
         _chunk_tile(u_ptr, delta_ptr, D_ptr, bias_ptr, length, dim, groups, dim_per_group, blocks_per_group,
                     state_size, HAS_D, HAS_BIAS, SOFTPLUS, CHUNK, BLOCK_D, ACC)
@@ -260,40 +234,51 @@ def _chunk_gradient_kernel(
     adjoint_B = tl.zeros((CHUNK, BLOCK_D), dtype=ACC)  # sum_n lambda_t B_t
     grad_delta = tl.zeros((CHUNK, BLOCK_D), dtype=ACC)
     y = D[None, :] * u  # before the gate, for grad_z
-    chunk_partial = chunk_offsets // state_size  # (batch, chunks, dim) buffers
+    # Registers cannot be indexed: a row is picked by a masked sum over the tile.
+    first_row = (rows == 0)[:, None]
+    delta_first = tl.sum(tl.where(first_row, delta, 0.0), axis=0)
     for n in range(state_size):
         A = tl.load(A_ptr + channels * state_size + n, mask=mask_d, other=0.0).to(ACC)
-        B = tl.load(B_ptr + bc_offsets + n, mask=valid, other=0.0).to(ACC)
         C = tl.load(C_ptr + bc_offsets + n, mask=valid, other=0.0).to(ACC)
-        entering = tl.load(entry_ptr + chunk_offsets + n, mask=mask_d, other=0.0).to(ACC)
-        adjoint_entering = tl.load(adjoint_entry_ptr + chunk_offsets + n, mask=mask_d, other=0.0).to(ACC)
-        inputs = delta_u * B[:, None]
-        decay, state = tl.associative_scan((tl.exp(delta * A[None, :]), inputs), 0, _affine_combine)
-        state += decay * entering[None, :]
         alpha = tl.where(mask_next, tl.exp(delta_next * A[None, :]), 1.0)
         reach, adjoint = tl.associative_scan((alpha, grad * C[:, None]), 0, _affine_combine, reverse=True)
-        adjoint = tl.where(mask, adjoint + reach * adjoint_entering[None, :], 0.0)
+        if GRADIENTS:
+            B = tl.load(B_ptr + bc_offsets + n, mask=valid, other=0.0).to(ACC)
+            entering = tl.load(entry_ptr + chunk_offsets + n, mask=mask_d, other=0.0).to(ACC)
+            adjoint_entering = tl.load(adjoint_entry_ptr + chunk_offsets + n, mask=mask_d, other=0.0).to(ACC)
+            inputs = delta_u * B[:, None]
+            decay, state = tl.associative_scan((tl.exp(delta * A[None, :]), inputs), 0, _affine_combine)
+            state += decay * entering[None, :]
+            adjoint = tl.where(mask, adjoint + reach * adjoint_entering[None, :], 0.0)
+            if HAS_Z:
+                y += state * C[:, None]
+            tl.atomic_add(grad_C_ptr + bc_offsets + n, tl.sum(grad * state, axis=1), mask=valid)
+            tl.atomic_add(grad_B_ptr + bc_offsets + n, tl.sum(adjoint * delta_u, axis=1), mask=valid)
+            adjoint_B += adjoint * B[:, None]
+            # d s_t / d(delta_t A) = exp(delta_t A) s_{t-1} = s_t - delta_t u_t B_t
+            decay_term = adjoint * (state - inputs)
+            grad_delta += decay_term * A[None, :]
+            tl.store(grad_A_ptr + chunk_offsets + n, tl.sum(decay_term * delta, axis=0), mask=mask_d)
+        else:
+            first_decay = tl.exp(delta_first * A)
+            tl.store(final_ptr + chunk_offsets + n, first_decay * tl.sum(tl.where(first_row, adjoint, 0.0), axis=0),
+                     mask=mask_d)
+            tl.store(decay_ptr + chunk_offsets + n, first_decay * tl.sum(tl.where(first_row, reach, 0.0), axis=0),
+                     mask=mask_d)
+    if GRADIENTS:
+        tl.store(grad_u_ptr + offsets, adjoint_B * delta + grad * D[None, :], mask=mask)
+        grad_delta += adjoint_B * u
+        if SOFTPLUS:
+            e = tl.exp(raw)
+            grad_delta = grad_delta * tl.where(raw > 20.0, 1.0, e / (1.0 + e))
+        grad_delta = tl.where(mask, grad_delta, 0.0)
+        tl.store(grad_delta_ptr + offsets, grad_delta, mask=mask)
+        chunk_partial = chunk_offsets // state_size  # (batch, chunks, dim) buffers
+        tl.store(grad_bias_ptr + chunk_partial, tl.sum(grad_delta, axis=0), mask=mask_d)
+        tl.store(grad_D_ptr + chunk_partial, tl.sum(grad * u, axis=0), mask=mask_d)
         if HAS_Z:
-            y += state * C[:, None]
-        tl.atomic_add(grad_C_ptr + bc_offsets + n, tl.sum(grad * state, axis=1), mask=valid)
-        tl.atomic_add(grad_B_ptr + bc_offsets + n, tl.sum(adjoint * delta_u, axis=1), mask=valid)
-        adjoint_B += adjoint * B[:, None]
-        # d s_t / d(delta_t A) = exp(delta_t A) s_{t-1} = s_t - delta_t u_t B_t
-        decay_term = adjoint * (state - inputs)
-        grad_delta += decay_term * A[None, :]
-        tl.store(grad_A_ptr + chunk_offsets + n, tl.sum(decay_term * delta, axis=0), mask=mask_d)
-    tl.store(grad_u_ptr + offsets, adjoint_B * delta + grad * D[None, :], mask=mask)
-    grad_delta += adjoint_B * u
-    if SOFTPLUS:
-        e = tl.exp(raw)
-        grad_delta = grad_delta * tl.where(raw > 20.0, 1.0, e / (1.0 + e))
-    grad_delta = tl.where(mask, grad_delta, 0.0)
-    tl.store(grad_delta_ptr + offsets, grad_delta, mask=mask)
-    tl.store(grad_bias_ptr + chunk_partial, tl.sum(grad_delta, axis=0), mask=mask_d)
-    tl.store(grad_D_ptr + chunk_partial, tl.sum(grad * u, axis=0), mask=mask_d)
-    if HAS_Z:
-        grad_z = grad_out * y * sigmoid_z * (1.0 + z * (1.0 - sigmoid_z))
-        tl.store(grad_z_ptr + offsets, grad_z, mask=mask)
+            grad_z = grad_out * y * sigmoid_z * (1.0 + z * (1.0 - sigmoid_z))
+            tl.store(grad_z_ptr + offsets, grad_z, mask=mask)
 
 
 class _Layout:
@@ -383,9 +368,11 @@ class _TritonScan(torch.autograd.Function):
         grad_y = torch.zeros_like(u) if grad_y is None else grad_y.contiguous()
         if grad_last_state is not None:
             grad_last_state = grad_last_state.to(compute).contiguous()
+        pointers = (u, delta, A, B, C, D, z, delta_bias, grad_y)
+        flags["HAS_D"] = D is not None
         final, decay = torch.empty_like(entry), torch.empty_like(entry)
-        _launch(_chunk_adjoint_kernel, layout.chunk_grid, u.device,
-                u, delta, A, C, z, delta_bias, grad_y, final, decay, *layout.scalars(), **flags, **constants)
+        _launch(_chunk_backward_kernel, layout.chunk_grid, u.device, *pointers, None, None, final, decay,
+                *[None] * 8, *layout.scalars(), **flags, GRADIENTS=False, **constants)
         adjoint_entry, _ = _chain(layout, u.device, final, decay, grad_last_state, reverse=True)
         del final, decay
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
@@ -394,10 +381,9 @@ class _TritonScan(torch.autograd.Function):
         grad_A = torch.empty_like(entry)
         per_chunk = (layout.batch, layout.num_chunks, layout.dim)
         grad_D, grad_bias = u.new_empty(per_chunk, dtype=compute), u.new_empty(per_chunk, dtype=compute)
-        _launch(_chunk_gradient_kernel, layout.chunk_grid, u.device,
-                u, delta, A, B, C, D, z, delta_bias, grad_y, entry, adjoint_entry,
+        _launch(_chunk_backward_kernel, layout.chunk_grid, u.device, *pointers, entry, adjoint_entry, None, None,
                 grad_u, grad_delta, grad_z, grad_B, grad_C, grad_A, grad_D, grad_bias,
-                *layout.scalars(), HAS_D=D is not None, **flags, **constants)
+                *layout.scalars(), **flags, GRADIENTS=True, **constants)
         return (
             grad_u,
             grad_delta,
@@ -422,7 +408,7 @@ def _autocast_inputs(u, delta, B, C, z):
     if not torch.is_autocast_enabled(device_type):
         return u, delta, B, C, z
     dtype = torch.get_autocast_dtype(device_type)
-    return tuple(None if t is None or t.dtype != torch.float32 else t.to(dtype) for t in (u, delta, B, C, z))
+    return tuple(t if t is None or t.dtype != torch.float32 else t.to(dtype) for t in (u, delta, B, C, z))
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):

@@ -23,19 +23,25 @@ INPUT_DTYPE_POINTERS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr"
                         "grad_delta_ptr", "grad_z_ptr"}
 OPTIONAL_POINTERS = {"D_ptr", "z_ptr", "bias_ptr", "grad_z_ptr", "initial_ptr"}
 FLAGS = ("HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS", "HAS_INITIAL", "REVERSE")
-# The forward scan kernel runs twice: pass 1 (chunk summaries) and pass 3 (y); pointers the pass does not use are None.
+# Each chunk kernel runs twice, as pass 1 (chunk summaries) and pass 3 (y, or the gradients); pointers
+# the pass does not use are None.
+GRADIENT_POINTERS = {"grad_u_ptr", "grad_delta_ptr", "grad_z_ptr", "grad_B_ptr", "grad_C_ptr", "grad_A_ptr",
+                     "grad_D_ptr", "grad_bias_ptr"}
 VARIANTS = {
     "_chunk_scan_kernel": [dict(WRITE_Y=False, unused={"entry_ptr", "y_ptr"}),
                            dict(WRITE_Y=True, unused={"final_ptr", "decay_ptr"})],
+    "_chunk_backward_kernel": [
+        dict(GRADIENTS=False, unused={"entry_ptr", "adjoint_entry_ptr"} | GRADIENT_POINTERS),
+        dict(GRADIENTS=True, unused={"final_ptr", "decay_ptr"}),
+    ],
 }
-KERNELS = ("_chunk_scan_kernel", "_chain_chunks_kernel", "_chunk_adjoint_kernel", "_chunk_gradient_kernel")
+KERNELS = ("_chunk_scan_kernel", "_chain_chunks_kernel", "_chunk_backward_kernel")
 
 
-def compile_kernel(kernel, input_dtype: str, optional: bool, arch: int, WRITE_Y=None, unused=()):
+def compile_kernel(kernel, input_dtype: str, optional: bool, arch: int, unused=(), **passes):
     """The kernel compiled for sm_`arch`, with every optional input present (`optional`) or none."""
     constexprs = dict(CHUNK=triton_scan.CHUNK, BLOCK_D=triton_scan.BLOCK_D, BLOCK_N=16, ACC=tl.float32)
-    if WRITE_Y is not None:
-        constexprs["WRITE_Y"] = WRITE_Y
+    constexprs.update(passes)
     constexprs.update({flag: optional for flag in FLAGS if flag in kernel.arg_names})
     constexprs = {name: value for name, value in constexprs.items() if name in kernel.arg_names}
     signature = {}
@@ -75,7 +81,7 @@ def main(arch: int = 90):
                 assert compiled.asm.get("cubin"), "no cubin produced"
                 usage = register_use(compiled, arch)
                 assert " 0 bytes spill stores" in f" {usage}", f"{name} spills registers: {usage}"
-                extra = f" WRITE_Y={variant['WRITE_Y']}" if "WRITE_Y" in variant else ""
+                extra = "".join(f" {flag}={value}" for flag, value in variant.items() if flag != "unused")
                 print(f"compiled {name}{extra} for sm_{arch}: {input_dtype} inputs, optional inputs {optional} ({usage})")
 
 
