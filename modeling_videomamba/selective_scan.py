@@ -410,7 +410,8 @@ def _probe_triton(device: torch.device) -> str:
     try:
         from .triton_scan import interpreting
     except Exception as error:  # ImportError, or a broken install failing inside triton's own imports
-        return f"triton is installed but does not import ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        return f"triton is installed but does not import ({type(error).__name__}: {first_line})"
     if device.type != "cuda":
         if interpreting():
             return ""

@@ -110,7 +110,8 @@ def _chunk_tile(
     bc_offsets = ((batch * length + tokens) * groups + group) * state_size
     # Per-chunk buffers (batch, chunks, dim, N): offsets of this program's channels at state 0.
     chunk_offsets = ((batch * tl.num_programs(0) + chunk) * dim + channels) * state_size
-    return chunk, batch, channels, mask_d, rows, tokens, valid, mask, offsets, u, raw, delta, D, bc_offsets, chunk_offsets
+    return (chunk, batch, channels, mask_d, rows, tokens, valid, mask, offsets, u, raw, delta, D, bc_offsets,
+            chunk_offsets)
 
 
 @triton.jit
@@ -203,7 +204,8 @@ def _chain_chunks_kernel(
             chunk = num_chunks - 1 - step
         offsets = (batch * num_chunks + chunk) * dim * state_size + tile
         tl.store(entry_ptr + offsets, carry, mask=mask)
-        carry = tl.load(decay_ptr + offsets, mask=mask, other=0.0) * carry + tl.load(final_ptr + offsets, mask=mask, other=0.0)
+        decay = tl.load(decay_ptr + offsets, mask=mask, other=0.0)
+        carry = decay * carry + tl.load(final_ptr + offsets, mask=mask, other=0.0)
     tl.store(last_ptr + batch * dim * state_size + tile, carry, mask=mask)
 
 

@@ -66,9 +66,11 @@ def register_use(compiled, arch: int) -> str:
     with tempfile.TemporaryDirectory() as folder:
         ptx = Path(folder) / "kernel.ptx"
         ptx.write_text(compiled.asm["ptx"])
-        result = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}a" if arch >= 90 else f"--gpu-name=sm_{arch}",
-                                 str(ptx), "-o", str(Path(folder) / "kernel.cubin")], capture_output=True, text=True)
-    lines = [line.split(":", 1)[-1].strip() for line in result.stderr.splitlines() if "registers" in line or "spill" in line]
+        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        command = [get_ptxas(arch).path, "-v", f"--gpu-name={gpu}", str(ptx), "-o", str(Path(folder) / "kernel.cubin")]
+        result = subprocess.run(command, capture_output=True, text=True)
+    lines = [line.split(":", 1)[-1].strip() for line in result.stderr.splitlines()
+             if "registers" in line or "spill" in line]
     return "; ".join(lines)
 
 
@@ -82,7 +84,8 @@ def main(arch: int = 90):
                 usage = register_use(compiled, arch)
                 assert " 0 bytes spill stores" in f" {usage}", f"{name} spills registers: {usage}"
                 extra = "".join(f" {flag}={value}" for flag, value in variant.items() if flag != "unused")
-                print(f"compiled {name}{extra} for sm_{arch}: {input_dtype} inputs, optional inputs {optional} ({usage})")
+                print(f"compiled {name}{extra} for sm_{arch}: {input_dtype} inputs, optional inputs {optional}"
+                      f" ({usage})")
 
 
 if __name__ == "__main__":
