@@ -49,9 +49,12 @@ def gpu_scan_paths():
         notes.append(f"cuda (mamba-ssm): {cuda_kernels_problem() or 'unavailable'}")
     if "triton" in IMPLEMENTATIONS:  # added by the Triton path; absent in older checkouts
         try:
-            from modeling_videomamba.selective_scan import resolve_implementation
+            from modeling_videomamba.selective_scan import triton_problem
 
-            if resolve_implementation("triton", torch.device("cuda")) == "triton":
+            problem = triton_problem("cuda")  # a tiny scan compiled and run on the GPU
+            if problem:
+                notes.append(f"triton: {problem}")
+            else:
                 paths["triton"] = 1e-4
         except Exception as error:  # a missing or broken triton: report, do not stop the run
             notes.append(f"triton: {type(error).__name__}: {error}")

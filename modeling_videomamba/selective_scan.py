@@ -26,7 +26,9 @@ back in the dtype of `u`. Implementations:
 - "cuda": mamba-ssm's fused kernel (and causal-conv1d's in the mixer), imported lazily (optional extra
   `pip install .[cuda]`).
 - "triton": the "fast" layout computed by Triton kernels (CUDA tensors; no compiled extension to
-  build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`.
+  build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`. Where it cannot
+  run (not installed, or a tiny scan fails to compile or launch on the device: probed once per
+  device), one warning says why and "fast" is used instead.
 
 "fast" and "native" are torch.library custom ops (forward and backward), so torch.compile keeps each
 scan as one graph node (no graph break, no unrolled token loop) and fuses the element-wise ops around it.
@@ -37,9 +39,9 @@ of each runs there (probed once per process); otherwise, after one warning namin
 builds now (once per process; VIDEOMAMBA_NATIVE_SCAN=0 turns this off), else "fast".
 """
 
-import functools
 import importlib.util
 import math
+import os
 import warnings
 
 import torch
@@ -383,16 +385,78 @@ def cuda_kernels_available() -> bool:
     return torch.cuda.is_available() and not cuda_kernels_problem()
 
 
-@functools.cache
-def triton_available() -> bool:
-    """Whether the Triton scan can run here: Triton imports and a CUDA device is present (probed once)."""
-    if not torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
-        return False
+_triton_problem = {}  # (device, TRITON_INTERPRET) -> what keeps the Triton scan from running ("" when it runs)
+_triton_warned = set()
+
+
+def _triton_smoke_test(device: torch.device):
+    """A tiny Triton scan on `device`, forward and backward: compiles and launches every kernel once."""
+    from .triton_scan import selective_scan_triton
+
+    x = torch.randn(1, 3, 2, device=device, requires_grad=True)
+    bc = torch.randn(1, 3, 1, 2, device=device)
+    y, _ = selective_scan_triton(x, x, -torch.ones(2, 2, device=device), bc, bc, delta_softplus=True)
+    y.sum().backward()
+
+
+def _probe_triton(device: torch.device) -> str:
+    """What keeps the Triton scan from running on `device`; "" when it runs.
+
+    Triton must be installed and import, and (for CUDA) a tiny scan must compile and run on the device:
+    a machine without a working compiler toolchain or driver fails only then.
+    """
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (`pip install .[triton]`)"
     try:
-        import triton.language  # noqa: F401
-    except Exception:  # a broken install must not break "auto"; it falls back to the PyTorch scans
-        return False
-    return True
+        from .triton_scan import interpreting
+    except Exception as error:  # ImportError, or a broken install failing inside triton's own imports
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        return f"triton is installed but does not import ({type(error).__name__}: {first_line})"
+    if device.type != "cuda":
+        if interpreting():
+            return ""
+        return (
+            f"its kernels need CUDA tensors, got tensors on {device} (TRITON_INTERPRET=1, set before triton is first "
+            "imported, runs them on CPU through Triton's slow interpreter)"
+        )
+    if not torch.cuda.is_available():
+        return "no CUDA device is available"
+    try:
+        _triton_smoke_test(device)
+    except Exception as error:
+        message = str(error).strip().splitlines()
+        return f"its kernels failed on {device} ({type(error).__name__}: {message[0] if message else ''})"
+    return ""
+
+
+def triton_problem(device=None) -> str:
+    """Why scan_implementation="triton" cannot run on `device` (default: CUDA); "" when it can. Probed once."""
+    device = torch.device("cuda" if device is None else device)
+    key = (str(device), os.environ.get("TRITON_INTERPRET"))
+    if key not in _triton_problem:
+        _triton_problem[key] = _probe_triton(device)
+    return _triton_problem[key]
+
+
+def triton_available(device=None) -> bool:
+    """Whether the Triton scan runs on `device` (default: CUDA): Triton imports and, on CUDA, a tiny scan
+    compiles and runs there (probed once per device)."""
+    return not triton_problem(device)
+
+
+def _triton_or_fast(device: torch.device) -> str:
+    """An explicit "triton": kept where Triton runs, else "fast" after one warning saying why."""
+    problem = triton_problem(device)
+    if not problem:
+        return "triton"
+    if problem not in _triton_warned:
+        _triton_warned.add(problem)
+        warnings.warn(
+            f"scan_implementation='triton' cannot run on {device}: {problem}; using the 'fast' (PyTorch) scan instead.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return "fast"
 
 
 def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
@@ -443,6 +507,8 @@ def resolve_implementation(implementation: str, device: torch.device) -> str:
                 f"scan_implementation='cuda': the mamba-ssm / causal-conv1d kernels are {problem}. Install both "
                 "with `pip install .[cuda]`, or use scan_implementation='auto' to fall back."
             )
+    if implementation == "triton":
+        return _triton_or_fast(device)
     if implementation == "native" and device.type == "cpu" and not native_scan_available():
         return "fast"  # native_scan_available() has warned once
     return implementation
@@ -539,4 +605,5 @@ __all__ = [
     "cuda_kernels_problem",
     "native_scan_available",
     "triton_available",
+    "triton_problem",
 ]
