@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from .configuration_videomamba import SCAN_IMPLEMENTATIONS as IMPLEMENTATIONS
+from .flops import register_scan_flops
 from .native_scan import native_scan, native_scan_available, op_namespace
 
 _NAMESPACE = op_namespace(__name__)
@@ -283,6 +284,8 @@ def _blocked_backward(ctx, grad_y, grad_last_state, _grad_checkpoints):
 
 
 blocked_scan_forward.register_autograd(_blocked_backward, setup_context=_blocked_setup_context)
+# FlopCounterMode counts the ops by these formulas (see flops.py).
+register_scan_flops(blocked_scan_forward, blocked_scan_backward)
 
 
 def selective_scan_tokens_first(
