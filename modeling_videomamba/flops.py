@@ -30,7 +30,10 @@ BACKWARD_PER_STATE, BACKWARD_PER_CHANNEL = 20, 4
 
 def scan_flops(batch: int, length: int, channels: int, state: int, backward: bool = False) -> int:
     """FLOPs of one scan (forward, or its backward) over (batch, length, channels) with `state` states per channel."""
-    per_state, per_channel = (BACKWARD_PER_STATE, BACKWARD_PER_CHANNEL) if backward else (FORWARD_PER_STATE, FORWARD_PER_CHANNEL)
+    if backward:
+        per_state, per_channel = BACKWARD_PER_STATE, BACKWARD_PER_CHANNEL
+    else:
+        per_state, per_channel = FORWARD_PER_STATE, FORWARD_PER_CHANNEL
     return batch * length * channels * (per_state * state + per_channel)
 
 
@@ -91,7 +94,8 @@ def _model_and_input(model_or_config, num_frames, image_size, batch_size):
         config, model_class = model_or_config.config, type(model_or_config)
     else:
         config = model_or_config
-        model_class = VideoMambaForVideoClassification if config.modality == "video" else VideoMambaForImageClassification
+        video = config.modality == "video"
+        model_class = VideoMambaForVideoClassification if video else VideoMambaForImageClassification
     config = copy.deepcopy(config)
     if num_frames is not None:
         config.num_frames = num_frames
@@ -115,7 +119,8 @@ def count_flops(model_or_config, num_frames=None, image_size=None, batch_size=1,
     model_or_config: a VideoMamba model (only its class and config are used) or a VideoMambaConfig.
     num_frames / image_size: the input (defaults: the config's). The model is rebuilt on the meta
     device and called once under FlopCounterMode: no weights, no arithmetic (VideoMamba-M at 8 frames
-    counts in about 1.5 s on a 2-core CPU, mostly the mode's dispatch). backward=True adds the backward pass of a loss on the logits (a training step's FLOPs).
+    counts in about 3 s on a loaded 2-core CPU, mostly the mode's dispatch). backward=True adds the
+    backward pass of a loss on the logits (a training step's FLOPs).
     """
     model, pixel_values = _model_and_input(model_or_config, num_frames, image_size, batch_size)
     with FlopCounterMode(display=False) as counter:

@@ -70,7 +70,8 @@ def test_count_flops_with_backward_counts_the_scan_backward():
     training = count_flops(config, backward=True)
     length = 1 + 4 * 4 * 4
     scan_backward = sum(flops for name, flops in training.by_operator.items() if "scan_backward" in name)
-    assert scan_backward == config.num_hidden_layers * scan_flops(1, length, 2 * config.intermediate_size, 16, backward=True)
+    channels = 2 * config.intermediate_size
+    assert scan_backward == config.num_hidden_layers * scan_flops(1, length, channels, 16, backward=True)
     # Each forward product has two of the same size in the backward (input and weight gradients; every
     # layer's input needs one, since the embeddings have parameters), the head's addmm included as mm.
     mm, addmm = forward.by_operator["aten.mm"], forward.by_operator["aten.addmm"]
@@ -87,7 +88,9 @@ def test_scan_custom_ops_are_counted_by_flop_counter_mode(implementation):
     A = -torch.rand(dim, state, generator=generator)
     B, C = (torch.randn(batch, 2, state, length, generator=generator) for _ in range(2))
     with FlopCounterMode(display=False) as counter:
-        y = selective_scan(u, delta.abs(), A, B, C, D=torch.ones(dim), z=z, delta_softplus=True, implementation=implementation)
+        y = selective_scan(
+            u, delta.abs(), A, B, C, D=torch.ones(dim), z=z, delta_softplus=True, implementation=implementation
+        )
     assert counter.get_total_flops() == scan_flops(batch, length, dim, state)
     with FlopCounterMode(display=False) as counter:
         y.sum().backward()
@@ -112,7 +115,8 @@ PAPER = {
 
 def paper_config(hidden_size, depth, frames):
     return VideoMambaConfig(
-        hidden_size=hidden_size, num_hidden_layers=depth, image_size=224, patch_size=16, num_frames=frames, num_labels=400
+        hidden_size=hidden_size, num_hidden_layers=depth, image_size=224, patch_size=16, num_frames=frames,
+        num_labels=400,
     )
 
 
@@ -126,4 +130,5 @@ def test_counts_match_the_papers_table(name):
         one, two = (count_flops(paper_config(hidden_size, layers, frames)).paper_macs for layers in (1, 2))
         ours = (one + (depth - 1) * (two - one)) / 1e9
         # The paper gives whole GFLOPs (fvcore's convention: one per multiply-add).
-        assert abs(ours - paper) <= max(0.5, 0.005 * paper), f"{name} {frames}x224: {ours:.2f} G vs the paper's {paper} G"
+        message = f"{name} {frames}x224: {ours:.2f} G vs the paper's {paper} G"
+        assert abs(ours - paper) <= max(0.5, 0.005 * paper), message

@@ -226,7 +226,9 @@ def test_mamba_grid_on_our_reference(mamba_reference, layout, itype):
 # mamba-ssm's own lengths with its default flags (all on). Past 128 its reference takes a large part of
 # a second and more (about 4 s a case at 4096), so those run only when asked for.
 LONG = os.environ.get("VIDEOMAMBA_LONG_TESTS", "0") != "0"
-long_only = pytest.mark.skipif(not LONG, reason="mamba-ssm's lengths 256-4096 take minutes; set VIDEOMAMBA_LONG_TESTS=1")
+long_only = pytest.mark.skipif(
+    not LONG, reason="mamba-ssm's lengths 256-4096 take minutes; set VIDEOMAMBA_LONG_TESTS=1"
+)
 MAMBA_LENGTHS = [128] + [pytest.param(length, marks=long_only) for length in (256, 512, 1024, 2048, 4096)]
 
 
