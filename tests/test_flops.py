@@ -104,31 +104,24 @@ def test_flops_are_linear_in_depth():
     assert counts[2].paper_macs == counts[0].paper_macs + 4 * (counts[1].paper_macs - counts[0].paper_macs)
 
 
-# The paper's Tables 3 and 4 (Kinetics-400 and Something-Something V2), FLOPs per view in G, params in M.
-PAPER = {
-    # name: (hidden size, depth, params, {frames: GFLOPs at 224x224})
-    "Ti": (192, 24, 7, {8: 9, 16: 17}),
-    "S": (384, 24, 26, {8: 34, 16: 68}),
-    "M": (576, 32, 74, {8: 101, 16: 202}),
-}
+# The paper's Tables 3 and 4 (Kinetics-400 and Something-Something V2): params in M, FLOPs per view in G.
+PAPER = {"tiny": (7, {8: 9, 16: 17}), "small": (26, {8: 34, 16: 68}), "middle": (74, {8: 101, 16: 202})}
 
 
-def paper_config(hidden_size, depth, frames):
-    return VideoMambaConfig(
-        hidden_size=hidden_size, num_hidden_layers=depth, image_size=224, patch_size=16, num_frames=frames,
-        num_labels=400,
-    )
-
-
-@pytest.mark.parametrize("name", PAPER)
-def test_counts_match_the_papers_table(name):
-    hidden_size, depth, params, paper_gflops = PAPER[name]
+@pytest.mark.parametrize("preset", PAPER)
+def test_counts_match_the_papers_table(preset):
+    params, paper_gflops = PAPER[preset]
+    depth = VideoMambaConfig.from_preset(preset).num_hidden_layers
     with torch.device("meta"):
-        model = VideoMambaForVideoClassification(paper_config(hidden_size, depth, 8))
+        model = VideoMambaForVideoClassification(VideoMambaConfig.from_preset(preset, num_labels=400))
     assert round(sum(p.numel() for p in model.parameters()) / 1e6) == params
     for frames, paper in paper_gflops.items():
-        one, two = (count_flops(paper_config(hidden_size, layers, frames)).paper_macs for layers in (1, 2))
+        one, two = (
+            count_flops(VideoMambaConfig.from_preset(preset, num_hidden_layers=layers, num_labels=400),
+                        num_frames=frames, image_size=224).paper_macs
+            for layers in (1, 2)
+        )
         ours = (one + (depth - 1) * (two - one)) / 1e9
         # The paper gives whole GFLOPs (fvcore's convention: one per multiply-add).
-        message = f"{name} {frames}x224: {ours:.2f} G vs the paper's {paper} G"
+        message = f"{preset} {frames}x224: {ours:.2f} G vs the paper's {paper} G"
         assert abs(ours - paper) <= max(0.5, 0.005 * paper), message
