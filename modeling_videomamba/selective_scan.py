@@ -523,7 +523,8 @@ def selective_scan(
 ):
     """The selective scan, a drop-in for mamba-ssm's `selective_scan_fn` (shapes in the module docstring).
 
-    Returns `y` (batch, dim, length) in the dtype of `u`, and with `return_last_state=True` also the
+    Its whole contract on every implementation: variable, grouped or input-independent (dim, state)
+    B and C, fp32/fp16/bf16 inputs; A must be real (complex A raises a ValueError). Returns `y` (batch, dim, length) in the dtype of `u`, and with `return_last_state=True` also the
     final state (batch, dim, state) in float32 (float64 for float64 inputs).
     """
     if u.dim() != 3 or delta.shape != u.shape or u.shape[-1] == 0:

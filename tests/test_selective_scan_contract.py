@@ -264,6 +264,12 @@ def test_constant_B_C_are_expanded_to_one_group_per_channel():
         torch.testing.assert_close(constant, grouped, rtol=0, atol=0)
 
 
+def test_constant_B_of_the_wrong_shape_is_refused_naming_the_layouts():
+    case = make_case((False, True, 1), torch.float32, 5)
+    with pytest.raises(ValueError, match=r"input-independent \(4, 8\); got \(5, 8\)"):
+        selective_scan(case["u"], case["delta"], case["A"], torch.randn(5, DSTATE), case["C"], implementation="fast")
+
+
 @pytest.mark.parametrize("implementation", ["reference", "fast", "native", "triton", "auto"])
 def test_complex_A_is_refused_saying_A_must_be_real(implementation):
     case = make_case((True, True, 1), torch.float32, 5)
