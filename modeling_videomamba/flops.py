@@ -116,18 +116,20 @@ def _model_and_input(model_or_config, num_frames, image_size, batch_size):
 def count_flops(model_or_config, num_frames=None, image_size=None, batch_size=1, backward=False) -> FlopCount:
     """Count a VideoMamba classifier's FLOPs for one input, without running it for real.
 
-    model_or_config: a VideoMamba model (only its class and config are used) or a VideoMambaConfig.
+    model_or_config: a VideoMamba model (only its class and config are used: a classifier, or the
+    backbone VideoMambaModel) or a VideoMambaConfig (counted as the classifier for its modality).
     num_frames / image_size: the input (defaults: the config's). The model is rebuilt on the meta
     device and called once under FlopCounterMode: no weights, no arithmetic (VideoMamba-M at 8 frames
     counts in about 3 s on a loaded 2-core CPU, mostly the mode's dispatch). backward=True adds the
-    backward pass of a loss on the logits (a training step's FLOPs).
+    backward pass of a loss on that output (a training step's FLOPs).
     """
     model, pixel_values = _model_and_input(model_or_config, num_frames, image_size, batch_size)
     with FlopCounterMode(display=False) as counter:
         with torch.set_grad_enabled(backward):
-            logits = model(pixel_values).logits
+            # The first output: the logits of a classifier, the last hidden state of the backbone.
+            output = model(pixel_values)[0]
             if backward:
-                logits.sum().backward()
+                output.sum().backward()
     counts = counter.get_flop_counts()
     by_module = {name: sum(ops.values()) for name, ops in counts.items() if name != "Global"}
     top = type(model).__name__

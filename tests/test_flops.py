@@ -5,7 +5,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification, count_flops, native_scan
+from modeling_videomamba import (
+    VideoMambaConfig,
+    VideoMambaForVideoClassification,
+    VideoMambaModel,
+    count_flops,
+    native_scan,
+)
 from modeling_videomamba.flops import scan_flops
 from modeling_videomamba.selective_scan import selective_scan
 
@@ -62,6 +68,9 @@ def test_count_flops_follows_the_input_and_accepts_a_model():
         flops for name, flops in analytic_flops(bigger).items() if name != "paper_macs"
     )
     assert next(model.parameters()).device.type == "cpu"
+    # The backbone alone: everything but the head.
+    backbone = count_flops(VideoMambaModel(config))
+    assert backbone.total == count_flops(config).total - analytic_flops(config)["aten.addmm"]
 
 
 def test_count_flops_with_backward_counts_the_scan_backward():
