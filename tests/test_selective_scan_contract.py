@@ -224,7 +224,7 @@ def test_mamba_grid_on_our_reference(mamba_reference, layout, itype):
 
 
 # mamba-ssm's own lengths with its default flags (all on). Past 128 its reference takes a large part of
-# a second and more (about 4 s a case at 4096; the whole long run about 14 minutes), so those run only
+# a second and more (about 4 s a case at 4096; the whole long run 7-14 minutes), so those run only
 # when asked for.
 LONG_LENGTHS = (256, 512, 1024, 2048, 4096)
 
@@ -238,7 +238,7 @@ def test_mamba_length_128_fast_and_native(mamba_reference, native_built, layout,
 
 @pytest.mark.skipif(
     os.environ.get("VIDEOMAMBA_LONG_TESTS", "0") == "0",
-    reason=f"mamba-ssm's lengths {LONG_LENGTHS} take about 14 minutes; set VIDEOMAMBA_LONG_TESTS=1",
+    reason=f"mamba-ssm's lengths {LONG_LENGTHS} take 7-14 minutes; set VIDEOMAMBA_LONG_TESTS=1",
 )
 def test_mamba_long_lengths_fast_and_native(mamba_reference, native_built):
     failures = []
