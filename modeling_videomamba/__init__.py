@@ -7,6 +7,7 @@ AutoProcessor), and the video-text model (AutoConfig, AutoModel, AutoProcessor).
 
 from .configuration_videomamba import VideoMambaConfig
 from .configuration_videomamba_video_text import VideoMambaVideoTextConfig
+from .flops import FlopCount, count_flops
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
     VideoMambaForVideoClassification,
@@ -50,6 +51,8 @@ __all__ = [
     "selective_scan_reference",
     "causal_conv1d",
     "cuda_kernels_available",
+    "count_flops",
+    "FlopCount",
     "register_auto_classes",
     "VideoMambaVideoProcessor",
     "VideoMambaProcessor",

@@ -3,9 +3,11 @@
 Contract (the same as mamba-ssm's `selective_scan_fn`):
 
     u, delta, z : (batch, dim, length)
-    A           : (dim, state)                      real, usually -exp(A_log)
-    B, C        : (batch, state, length) or (batch, groups, state, length); channel c uses group
-                  c // (dim // groups)
+    A           : (dim, state)                      real, usually -exp(A_log); complex A (mamba-ssm's
+                                                    complex mode) is refused with a ValueError
+    B, C        : (batch, state, length) or (batch, groups, state, length), channel c using group
+                  c // (dim // groups); or input-independent (dim, state). Either may be constant while
+                  the other varies; two variable ones have the same shape
     D, delta_bias : (dim,)
 
     delta <- softplus(delta + delta_bias)              (each step optional)
@@ -48,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from .configuration_videomamba import SCAN_IMPLEMENTATIONS as IMPLEMENTATIONS
+from .flops import register_scan_flops
 from .native_scan import native_scan, native_scan_available, op_namespace
 
 _NAMESPACE = op_namespace(__name__)
@@ -55,6 +58,34 @@ _NAMESPACE = op_namespace(__name__)
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _real_A(A: torch.Tensor, where: str = "selective_scan") -> None:
+    """Raise a ValueError unless A is real: the scans implement real state spaces only."""
+    if A.is_complex():
+        raise ValueError(
+            f"{where} expects a real A (float32 or float64, e.g. -exp(A_log)); got A of dtype {A.dtype}. "
+            "mamba-ssm's complex mode (complex A, B and C of length 2*L) is not supported: A must be real."
+        )
+
+
+def variable_B_C(B: torch.Tensor, C: torch.Tensor, batch: int, length: int):
+    """B and C in the variable layout every implementation takes.
+
+    Input-independent B or C of shape (dim, state) become (batch, dim, state, L) with one group per
+    channel (an expanded view: autograd sums the gradient back over batch and time); the other one,
+    if variable, is then spread to the same dim groups. Nothing changes when both are variable.
+    """
+    if B.dim() != 2 and C.dim() != 2:
+        return B, C
+    dim = B.shape[0] if B.dim() == 2 else C.shape[0]
+
+    def per_channel(BC):
+        if BC.dim() == 2:
+            return BC[None, :, :, None].expand(batch, -1, -1, length)
+        return _per_channel(BC, dim)
+
+    return per_channel(B), per_channel(C)
 
 
 def _per_channel(BC: torch.Tensor, dim: int) -> torch.Tensor:
@@ -71,6 +102,8 @@ def selective_scan_reference(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
 ):
     """The selective scan as the plain sequential recurrence (see the module docstring for shapes)."""
+    _real_A(A, "selective_scan_reference")
+    B, C = variable_B_C(B, C, u.shape[0], u.shape[-1])
     out_dtype = u.dtype
     dtype = _compute_dtype(u.dtype)
     u, delta, A = u.to(dtype), delta.to(dtype), A.to(dtype)
@@ -253,6 +286,8 @@ def _blocked_backward(ctx, grad_y, grad_last_state, _grad_checkpoints):
 
 
 blocked_scan_forward.register_autograd(_blocked_backward, setup_context=_blocked_setup_context)
+# FlopCounterMode counts the ops by these formulas (see flops.py).
+register_scan_flops(blocked_scan_forward, blocked_scan_backward)
 
 
 def selective_scan_tokens_first(
@@ -267,6 +302,7 @@ def selective_scan_tokens_first(
     """
     if implementation not in ("fast", "native", "triton"):
         raise ValueError(f"selective_scan_tokens_first supports 'fast', 'native' and 'triton'; got {implementation!r}.")
+    _real_A(A, "selective_scan_tokens_first")
     if implementation == "triton":
         from .triton_scan import selective_scan_triton
 
@@ -320,8 +356,11 @@ def selective_scan_fast(
     layout change around `selective_scan_tokens_first`, whose `implementation` ("fast", "native" or
     "triton") it passes on.
     """
+    B, C = variable_B_C(B, C, u.shape[0], u.shape[-1])
     if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
     y, last_state = selective_scan_tokens_first(
         u.transpose(1, 2),
         delta.transpose(1, 2),
@@ -519,15 +558,24 @@ def _check_optional_shapes(u, A, B, C, D, z, delta_bias):
     batch, dim, length = u.shape
     state = A.shape[1]
     for name, BC in (("B", B), ("C", C)):
+        if BC.is_complex():
+            raise ValueError(
+                f"selective_scan expects a real {name}; got {BC.dtype}. mamba-ssm's complex mode (complex A, B "
+                "and C) is not supported: A, B and C must be real."
+            )
         grouped = BC.dim() == 4
-        ok = BC.dim() in (3, 4) and (BC.shape[0], BC.shape[-2], BC.shape[-1]) == (batch, state, length)
-        if not ok or (grouped and (BC.shape[1] == 0 or dim % BC.shape[1])):
+        constant = BC.dim() == 2 and tuple(BC.shape) == (dim, state)
+        variable = BC.dim() in (3, 4) and (BC.shape[0], BC.shape[-2], BC.shape[-1]) == (batch, state, length)
+        if not (constant or variable) or (grouped and (BC.shape[1] == 0 or dim % BC.shape[1])):
             raise ValueError(
                 f"selective_scan expects {name} of shape ({batch}, {state}, {length}) or ({batch}, groups, {state}, "
-                f"{length}) with groups dividing dim={dim}; got {tuple(BC.shape)}."
+                f"{length}) with groups dividing dim={dim}, or input-independent ({dim}, {state}); got "
+                f"{tuple(BC.shape)}."
             )
-    if B.shape != C.shape:
-        raise ValueError(f"selective_scan expects B and C of the same shape; got {tuple(B.shape)} and {tuple(C.shape)}.")
+    if B.dim() != 2 and C.dim() != 2 and B.shape != C.shape:
+        raise ValueError(
+            f"selective_scan expects variable B and C of the same shape; got {tuple(B.shape)} and {tuple(C.shape)}."
+        )
     for name, vector in (("D", D), ("delta_bias", delta_bias)):
         if vector is not None and tuple(vector.shape) != (dim,):
             raise ValueError(f"selective_scan expects {name} of shape ({dim},); got {tuple(vector.shape)}.")
@@ -541,7 +589,8 @@ def selective_scan(
 ):
     """The selective scan, a drop-in for mamba-ssm's `selective_scan_fn` (shapes in the module docstring).
 
-    Returns `y` (batch, dim, length) in the dtype of `u`, and with `return_last_state=True` also the
+    Its whole contract on every implementation: variable, grouped or input-independent (dim, state)
+    B and C, fp32/fp16/bf16 inputs; A must be real (complex A raises a ValueError). Returns `y` (batch, dim, length) in the dtype of `u`, and with `return_last_state=True` also the
     final state (batch, dim, state) in float32 (float64 for float64 inputs).
     """
     if u.dim() != 3 or delta.shape != u.shape or u.shape[-1] == 0:
@@ -551,6 +600,7 @@ def selective_scan(
         )
     if A.dim() != 2 or A.shape[0] != u.shape[1]:
         raise ValueError(f"selective_scan expects A of shape ({u.shape[1]}, state); got {tuple(A.shape)}.")
+    _real_A(A)
     _check_optional_shapes(u, A, B, C, D, z, delta_bias)
     implementation = resolve_implementation(implementation, u.device)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
