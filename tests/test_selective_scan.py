@@ -1,6 +1,8 @@
 """The fast selective scan against the plain sequential recurrence (`selective_scan_reference`)."""
 
 import importlib
+import importlib.abc
+import sys
 import warnings
 
 import pytest
@@ -279,6 +281,7 @@ def unprobed(monkeypatch):
     """A process that has not probed the CUDA kernels nor warned yet (restored after the test)."""
     monkeypatch.setattr(scan_module, "_cuda_problem", {})
     monkeypatch.setattr(scan_module, "_cuda_warned", False)
+    monkeypatch.setattr(scan_module, "_limits_warned", set())
 
 
 def test_auto_on_cuda_falls_back_once_naming_what_is_missing(unprobed, monkeypatch):
@@ -306,6 +309,59 @@ def test_auto_on_cuda_picks_the_kernels_when_the_probe_passes(unprobed, monkeypa
         warnings.simplefilter("error")
         assert scan_module.resolve_implementation("auto", torch.device("cuda")) == "cuda"
         assert scan_module.resolve_implementation("cuda", torch.device("cuda")) == "cuda"
+
+
+def test_each_gpu_is_probed_on_its_own(unprobed, monkeypatch):
+    # A fake second GPU on which the kernels' build does not run (another architecture).
+    probed = []
+
+    def probe(device):
+        probed.append(device)
+        return "installed, but their kernels failed on cuda:1 (RuntimeError)" if device.index == 1 else ""
+
+    monkeypatch.setattr(scan_module, "_probe_cuda_kernels", probe)
+    with pytest.warns(RuntimeWarning, match="failed on cuda:1"):
+        assert scan_module.resolve_implementation("auto", torch.device("cuda", 1)) == "fast"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_module.resolve_implementation("auto", torch.device("cuda", 0)) == "cuda"
+        # "cuda" without an index is the current device: here cuda:1, already probed.
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+        assert scan_module.cuda_kernels_problem() == scan_module.cuda_kernels_problem("cuda:1") != ""
+        assert scan_module.cuda_kernels_problem("cuda:0") == ""
+    assert probed == [torch.device("cuda", 1), torch.device("cuda", 0)]
+
+
+def test_probe_names_an_exception_with_an_empty_message(unprobed, monkeypatch):
+    class BrokenExtension(importlib.abc.MetaPathFinder):
+        """Importing either package raises an exception whose message is empty."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("mamba_ssm", "causal_conv1d"):
+                raise OSError()
+            return None
+
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("mamba_ssm", "causal_conv1d"):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [BrokenExtension(), *sys.meta_path])
+    problem = scan_module._probe_cuda_kernels(torch.device("cpu"))
+    assert problem == "not usable: mamba-ssm (OSError); causal-conv1d (OSError)"
+
+
+def test_sizes_the_kernels_lack_make_auto_fall_back_and_cuda_refuse(unprobed, monkeypatch):
+    monkeypatch.setattr(scan_module, "_probe_cuda_kernels", lambda device: "")
+    cuda = torch.device("cuda", 0)
+    with pytest.warns(RuntimeWarning, match=r"do not fit this model \(causal-conv1d supports conv widths.*'fast'") as caught:
+        assert scan_module.resolve_implementation("auto", cuda, state_size=16, conv_kernel=5) == "fast"
+        assert scan_module.resolve_implementation("auto", cuda, state_size=16, conv_kernel=5) == "fast"
+    assert len(caught) == 1, "one warning per reason"
+    with pytest.raises(ValueError, match=r"'cuda': mamba-ssm's scan supports state sizes <= 256, got state_size=300"):
+        scan_module.resolve_implementation("cuda", cuda, state_size=300, conv_kernel=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_module.resolve_implementation("auto", cuda, state_size=256, conv_kernel=2) == "cuda"
 
 
 def test_cuda_implementation_rejects_cpu_tensors():
