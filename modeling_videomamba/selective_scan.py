@@ -341,6 +341,7 @@ _cuda_problem = {}  # (device type, index) -> what keeps the CUDA kernels from w
 _cuda_warned = False
 _limits_warned = set()  # the kernel-limit fallbacks already warned about
 
+
 def _first_line(error: BaseException) -> str:
     """ "TypeName: first non-empty line of the message", or "TypeName" for an empty message."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -423,6 +424,7 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
 
 
 def _fallback_on_cuda() -> str:
+    """What "auto" uses on CUDA tensors when the mamba-ssm kernels cannot serve."""
     return "triton" if triton_available() else "fast"
 
 

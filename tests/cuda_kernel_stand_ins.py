@@ -32,7 +32,9 @@ def packages_missing() -> str:
 
 
 def _describe(**tensors):
-    return {name: (tuple(t.shape), t.dtype, t.stride(), t.storage_offset()) for name, t in tensors.items() if t is not None}
+    return {
+        name: (tuple(t.shape), t.dtype, t.stride(), t.storage_offset()) for name, t in tensors.items() if t is not None
+    }
 
 
 def _check(condition, message):
@@ -112,12 +114,15 @@ def _check_conv_layout(name, t, channel_last):
     vector), so every vector must start 16-byte aligned."""
     batch, dim, length = t.shape
     vector = _vector_elements(t)
-    _check(t.storage_offset() % vector == 0, f"{name} starts {t.storage_offset()} elements into its storage, not 16-byte aligned")
+    _check(t.storage_offset() % vector == 0,
+           f"{name} starts {t.storage_offset()} elements into its storage, not 16-byte aligned")
     if channel_last:
         _check(t.stride(1) == 1, f"channel-last {name} needs stride 1 along the channels, got strides {t.stride()}")
-        _check(t.stride(0) % 8 == 0 and t.stride(2) % 8 == 0, f"channel-last {name} strides {t.stride()} not multiples of 8")
+        _check(t.stride(0) % 8 == 0 and t.stride(2) % 8 == 0,
+               f"channel-last {name} strides {t.stride()} not multiples of 8")
     else:
-        _check(t.stride(2) == 1 or length == 1, f"channel-first {name} needs stride 1 along the length, got {t.stride()}")
+        _check(t.stride(2) == 1 or length == 1,
+               f"channel-first {name} needs stride 1 along the length, got {t.stride()}")
         if length % vector == 0:
             _check(t.stride(0) % vector == 0 and t.stride(1) % vector == 0,
                    f"channel-first {name} strides {t.stride()} break the kernel's 16-byte vector loads")

@@ -109,7 +109,11 @@ def build_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "nvcc_release", lambda: ("/usr/local/cuda/bin/nvcc", "13.0"))
     monkeypatch.setattr(gpu_check.shutil, "which", lambda name, path=None: f"/venv/bin/{name}")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(gpu_check, "run", lambda command, log, timeout, env=None: ran.append((command, env)) or (0, 1.0, []))
+    def run(command, log, timeout, env=None):
+        ran.append((command, env))
+        return 0, 1.0, []
+
+    monkeypatch.setattr(gpu_check, "run", run)
     return packages, ran
 
 

@@ -353,7 +353,8 @@ def test_probe_names_an_exception_with_an_empty_message(unprobed, monkeypatch):
 def test_sizes_the_kernels_lack_make_auto_fall_back_and_cuda_refuse(unprobed, monkeypatch):
     monkeypatch.setattr(scan_module, "_probe_cuda_kernels", lambda device: "")
     cuda = torch.device("cuda", 0)
-    with pytest.warns(RuntimeWarning, match=r"do not fit this model \(causal-conv1d supports conv widths.*'fast'") as caught:
+    expected = r"do not fit this model \(causal-conv1d supports conv widths.*'fast'"
+    with pytest.warns(RuntimeWarning, match=expected) as caught:
         assert scan_module.resolve_implementation("auto", cuda, state_size=16, conv_kernel=5) == "fast"
         assert scan_module.resolve_implementation("auto", cuda, state_size=16, conv_kernel=5) == "fast"
     assert len(caught) == 1, "one warning per reason"
