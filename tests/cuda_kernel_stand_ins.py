@@ -187,6 +187,41 @@ def _causal_conv1d_stand_in():
     return types.SimpleNamespace(causal_conv1d_fwd=causal_conv1d_fwd, causal_conv1d_bwd=causal_conv1d_bwd)
 
 
+def _mixer_view(batch, length, dim, **device):
+    """x as the mixer hands it to the conv: a channel-last view (batch, dim, length) of the input projection."""
+    return torch.randn(batch, length, 2 * dim, **device).transpose(1, 2).chunk(2, dim=1)[0]
+
+
+def _misaligned(batch, dim, length, **device):
+    """Channel-first contiguous, but starting one element into its storage (not 16-byte aligned)."""
+    return torch.randn(batch * dim * length + 1, **device)[1:].view(batch, dim, length)
+
+
+# Inputs of causal_conv1d(..., use_kernel=True): name -> (x factory taking device=..., whether the
+# kernel may take x as it is). tests/test_cuda_path_contract.py runs them through the stand-ins,
+# tests/test_selective_scan.py (gpu) through the real kernel.
+CONV_LAYOUTS = {
+    "mixer view, dim % 8 == 0": (lambda **device: _mixer_view(2, 9, 16, **device), True),
+    "mixer view, dim % 8 != 0": (lambda **device: _mixer_view(2, 9, 12, **device), False),
+    "length 1, looks channel-last": (lambda **device: _mixer_view(1, 1, 12, **device), False),
+    "not 16-byte aligned": (lambda **device: _misaligned(2, 12, 8, **device), False),
+    "channel-first contiguous": (lambda **device: torch.randn(2, 12, 9, **device), True),
+}
+
+
+def conv_output_and_grads(x, weight, bias, use_kernel):
+    """[out, dx's storage, dweight, dbias] of causal_conv1d on x (its strides and offset kept: the
+    gradient is taken w.r.t. x's whole storage) with loss sum(out^2)."""
+    from modeling_videomamba.selective_scan import causal_conv1d
+
+    storage = x if x._base is None else x._base
+    leaves = [t.detach().clone().requires_grad_() for t in (storage, weight, bias)]
+    out = causal_conv1d(leaves[0].as_strided(x.size(), x.stride(), x.storage_offset()), *leaves[1:],
+                        use_kernel=use_kernel)
+    out.float().square().sum().backward()
+    return [out] + [leaf.grad for leaf in leaves]
+
+
 def _bare_package(name):
     """The package `name` without running its __init__ (mamba-ssm's imports its Triton/TileLang models)."""
     spec = importlib.util.find_spec(name)

@@ -12,7 +12,7 @@ import importlib
 
 import pytest
 import torch
-from cuda_kernel_stand_ins import CALLS, install, packages_missing, uninstall
+from cuda_kernel_stand_ins import CALLS, CONV_LAYOUTS, conv_output_and_grads, install, packages_missing, uninstall
 from test_selective_scan import assert_close_relative, make_inputs, outputs_and_grads, set_scan
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification
@@ -174,26 +174,6 @@ def test_probe_reports_a_failing_kernel(kernels, monkeypatch, error, expected):
     assert problem == f"installed, but their kernels failed on cpu {expected}"
 
 
-def _mixer_view(batch, length, dim):
-    """x as the mixer hands it to the conv: a channel-last view (batch, dim, length) of the input projection."""
-    return torch.randn(batch, length, 2 * dim).transpose(1, 2).chunk(2, dim=1)[0]
-
-
-def _misaligned(batch, dim, length):
-    """Channel-first contiguous, but starting one element into its storage (not 16-byte aligned)."""
-    return torch.randn(batch * dim * length + 1)[1:].view(batch, dim, length)
-
-
-# name -> (x, whether the kernel may take it as it is)
-CONV_LAYOUTS = {
-    "mixer view, dim % 8 == 0": (lambda: _mixer_view(2, 9, 16), True),
-    "mixer view, dim % 8 != 0": (lambda: _mixer_view(2, 9, 12), False),
-    "length 1, looks channel-last": (lambda: _mixer_view(1, 1, 12), False),
-    "not 16-byte aligned": (lambda: _misaligned(2, 12, 8), False),
-    "channel-first contiguous": (lambda: torch.randn(2, 12, 9), True),
-}
-
-
 @pytest.mark.parametrize("layout", list(CONV_LAYOUTS))
 def test_conv_kernel_gets_a_layout_it_accepts(kernels, layout):
     make, usable_as_is = CONV_LAYOUTS[layout]
@@ -207,21 +187,9 @@ def test_conv_kernel_gets_a_layout_it_accepts(kernels, layout):
         with pytest.raises(RuntimeError, match="contract violated"):
             causal_conv1d_fn(x, weight, bias, activation="silu")
     CALLS.clear()
-    storage = x if x._base is None else x._base
-
-    def conv(use_kernel):
-        """Output and the leaves (x's whole storage, weight, bias); x keeps its strides and offset."""
-        leaves = [t.detach().clone().requires_grad_() for t in (storage, weight, bias)]
-        x_view = leaves[0].as_strided(x.size(), x.stride(), x.storage_offset())
-        out = scan_module.causal_conv1d(x_view, *leaves[1:], use_kernel=use_kernel)
-        out.square().sum().backward()
-        return out, leaves
-
-    out, leaves = conv(True)
-    expected, expected_leaves = conv(False)
-    assert_close_relative(out, expected, 1e-5, "conv output")
-    for leaf, expected_leaf in zip(leaves, expected_leaves):
-        assert_close_relative(leaf.grad, expected_leaf.grad, 1e-5, "conv gradient")
+    actual, expected = (conv_output_and_grads(x, weight, bias, use_kernel) for use_kernel in (True, False))
+    for name, a, e in zip(("out", "dx", "dweight", "dbias"), actual, expected):
+        assert_close_relative(a, e, 1e-5, f"conv {name}")
     assert [name for name, _ in CALLS] == ["causal_conv1d_fwd", "causal_conv1d_bwd"]
     given = CALLS[0][1]["x"]
     as_is = given[2:] == (x.stride(), x.storage_offset())

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from cuda_kernel_stand_ins import CONV_LAYOUTS, conv_output_and_grads
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification
 from modeling_videomamba.selective_scan import (
@@ -382,6 +383,23 @@ def test_cuda_kernel_matches_reference():
         expected = selective_scan_reference(**inputs, delta_softplus=True, return_last_state=True)
         for index, (a, e) in enumerate(zip(actual, expected)):
             assert_close_relative(a.float(), e.float(), tolerance, f"{implementation} output {index}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not cuda_kernels_available(),
+    reason="needs a CUDA device with working mamba-ssm and causal-conv1d (pip install .[cuda])",
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", list(CONV_LAYOUTS))
+def test_conv_kernel_matches_pytorch_conv_on_every_layout(layout, dtype):
+    torch.manual_seed(0)
+    x = CONV_LAYOUTS[layout][0](device="cuda", dtype=dtype)  # (made in dtype: a cast would change the layout)
+    weight, bias = torch.randn(x.shape[1], 4, device="cuda"), torch.randn(x.shape[1], device="cuda")
+    actual, expected = (conv_output_and_grads(x, weight, bias, use_kernel) for use_kernel in (True, False))
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for name, a, e in zip(("out", "dx", "dweight", "dbias"), actual, expected):
+        assert_close_relative(a.float(), e.float(), tolerance, f"{layout}: {name}")
 
 
 def test_model_bfloat16_fast_close_to_reference():
