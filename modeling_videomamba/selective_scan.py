@@ -49,6 +49,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .configuration_videomamba import CUDA_CONV_WIDTHS, cuda_kernel_limits_problem
 from .configuration_videomamba import SCAN_IMPLEMENTATIONS as IMPLEMENTATIONS
 from .flops import register_scan_flops
 from .native_scan import native_scan, native_scan_available, op_namespace
@@ -377,8 +378,15 @@ def selective_scan_fast(
     return (y, last_state) if return_last_state else y
 
 
-_cuda_problem = {}  # device type -> what keeps the CUDA kernels from working ("" when they work)
+_cuda_problem = {}  # (device type, index) -> what keeps the CUDA kernels from working ("" when they work)
 _cuda_warned = False
+_limits_warned = set()  # the kernel-limit fallbacks already warned about
+
+
+def _first_line(error: BaseException) -> str:
+    """ "TypeName: first non-empty line of the message", or "TypeName" for an empty message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _probe_cuda_kernels(device: torch.device) -> str:
@@ -394,11 +402,11 @@ def _probe_cuda_kernels(device: torch.device) -> str:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception as error:  # ImportError, or an OSError/RuntimeError from a broken extension
-        missing.append(f"mamba-ssm ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+        missing.append(f"mamba-ssm ({_first_line(error)})")
     try:
         from causal_conv1d import causal_conv1d_fn
     except Exception as error:
-        missing.append(f"causal-conv1d ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+        missing.append(f"causal-conv1d ({_first_line(error)})")
     if missing:
         return "not usable: " + "; ".join(missing)
     try:
@@ -406,22 +414,33 @@ def _probe_cuda_kernels(device: torch.device) -> str:
         selective_scan_fn(x, x, -torch.ones(8, 2, device=device), x[:, :2], x[:, :2], delta_softplus=True)
         causal_conv1d_fn(x, torch.ones(8, 4, device=device), activation="silu")
     except Exception as error:
-        return f"installed, but their kernels failed on {device} ({type(error).__name__}: {str(error).splitlines()[0]})"
+        return f"installed, but their kernels failed on {device} ({_first_line(error)})"
     return ""
 
 
+def _device_key(device: torch.device) -> tuple:
+    """(type, index) of `device`, "cuda" meaning the current CUDA device: each GPU is probed on its own
+    (two GPUs of different architectures may differ in whether the kernels' build runs on them)."""
+    index = device.index
+    if index is None and device.type == "cuda":
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return device.type, index
+
+
 def cuda_kernels_problem(device=None) -> str:
-    """Why scan_implementation="cuda" cannot run on `device` (default: CUDA); "" when it can. Probed once."""
+    """Why scan_implementation="cuda" cannot run on `device` (default: the current CUDA device); "" when
+    it can. Probed once per device."""
     device = torch.device("cuda" if device is None else device)
-    if device.type not in _cuda_problem:
-        _cuda_problem[device.type] = _probe_cuda_kernels(device)
-    return _cuda_problem[device.type]
+    key = _device_key(device)
+    if key not in _cuda_problem:
+        _cuda_problem[key] = _probe_cuda_kernels(torch.device(*key) if key[1] is not None else device)
+    return _cuda_problem[key]
 
 
-def cuda_kernels_available() -> bool:
+def cuda_kernels_available(device=None) -> bool:
     """Whether mamba-ssm's and causal-conv1d's kernels run here: both import, their extensions load and
-    a tiny call of each runs on the CUDA device (probed once per process)."""
-    return torch.cuda.is_available() and not cuda_kernels_problem()
+    a tiny call of each runs on the CUDA device (probed once per process and device)."""
+    return torch.cuda.is_available() and not cuda_kernels_problem(device)
 
 
 _triton_problem = {}  # (device, TRITON_INTERPRET) -> what keeps the Triton scan from running ("" when it runs)
@@ -507,14 +526,30 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     )
 
 
-def _auto_on_cuda() -> str:
-    """"auto" for CUDA tensors: the mamba-ssm kernels when they run here, else (after one warning) the
-    Triton scan when Triton is usable, else "fast"."""
+def _fallback_on_cuda(device: torch.device) -> str:
+    """What "auto" uses on CUDA tensors on `device` when the mamba-ssm kernels cannot serve."""
+    return "triton" if triton_available(device) else "fast"
+
+
+def _auto_on_cuda(device: torch.device, state_size=None, conv_kernel=None) -> str:
+    """"auto" for CUDA tensors: the mamba-ssm kernels when they run on `device` and support the model's
+    sizes, else (after one warning saying why) the Triton scan when Triton is usable, else "fast"."""
     global _cuda_warned
-    problem = cuda_kernels_problem()
+    limits = cuda_kernel_limits_problem(state_size, conv_kernel)
+    if limits and limits not in _limits_warned:
+        _limits_warned.add(limits)
+        warnings.warn(
+            f"scan_implementation='auto': the mamba-ssm / causal-conv1d CUDA kernels do not fit this model "
+            f"({limits}); using the {_fallback_on_cuda(device)!r} scan instead.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if limits:
+        return _fallback_on_cuda(device)
+    problem = cuda_kernels_problem(device)
     if not problem:
         return "cuda"
-    fallback = "triton" if triton_available() else "fast"
+    fallback = _fallback_on_cuda(device)
     if not _cuda_warned:
         _cuda_warned = True
         warnings.warn(
@@ -529,17 +564,27 @@ def _auto_on_cuda() -> str:
 # Under torch.compile the choice is made once while tracing (it may build or probe the kernels,
 # which dynamo cannot trace) and baked into the graph as a constant.
 @torch.compiler.assume_constant_result
-def resolve_implementation(implementation: str, device: torch.device) -> str:
-    """Map "auto" to a concrete implementation for tensors on `device`; check that "cuda" can run there."""
+def resolve_implementation(implementation: str, device: torch.device, state_size=None, conv_kernel=None) -> str:
+    """Map "auto" to a concrete implementation for tensors on `device`; check that "cuda" can run there.
+
+    `state_size` and `conv_kernel` (the model's, when known) are checked against what the CUDA kernels
+    support: "auto" then falls back (one warning) and "cuda" raises a ValueError.
+    """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"Unknown selective-scan implementation {implementation!r}; expected one of {IMPLEMENTATIONS}.")
     if implementation == "auto":
         if device.type == "cuda":
-            return _auto_on_cuda()
+            return _auto_on_cuda(device, state_size, conv_kernel)
         return "native" if device.type == "cpu" and native_scan_available() else "fast"
     if implementation == "cuda":
         if device.type != "cuda":
             raise ValueError(f"scan_implementation='cuda' needs CUDA tensors; got tensors on {device}.")
+        limits = cuda_kernel_limits_problem(state_size, conv_kernel)
+        if limits:
+            raise ValueError(
+                f"scan_implementation='cuda': {limits}. Use scan_implementation='auto' (falls back to "
+                "'triton' or 'fast') or sizes the kernels support."
+            )
         problem = cuda_kernels_problem(device)
         if problem:
             raise ImportError(
@@ -602,7 +647,7 @@ def selective_scan(
         raise ValueError(f"selective_scan expects A of shape ({u.shape[1]}, state); got {tuple(A.shape)}.")
     _real_A(A)
     _check_optional_shapes(u, A, B, C, D, z, delta_bias)
-    implementation = resolve_implementation(implementation, u.device)
+    implementation = resolve_implementation(implementation, u.device, state_size=A.shape[1])
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if implementation == "cuda":
         return _selective_scan_cuda(*args)
@@ -611,17 +656,42 @@ def selective_scan(
     return selective_scan_reference(*args)
 
 
+def _conv_kernel_layout(x: torch.Tensor) -> torch.Tensor:
+    """x (batch, dim, length) in a layout causal-conv1d's kernels handle: `x` itself when it has one,
+    else a channel-first contiguous copy.
+
+    The kernels read x as channel-first (stride 1 along the length) or channel-last (stride 1 along the
+    channels); channel-last needs dim and the other two strides divisible by 8, and both read 16-byte
+    vectors, so the data must start 16-byte aligned. The mixer's x is a channel-last view of the
+    input projection (stride 2 * dim along the length), which fails those checks for some widths.
+    """
+    batch, dim, length = x.shape
+    # (the storage itself is allocated aligned; data_ptr() would fail on torch.compile's fake tensors)
+    aligned = x.storage_offset() * x.element_size() % 16 == 0
+    if x.stride(1) == 1 and x.stride(2) > 1:  # what the kernel takes for channel-last
+        fits = dim % 8 == 0 and x.stride(2) % 8 == 0 and x.stride(0) % 8 == 0
+    else:
+        fits = x.is_contiguous()
+    if fits and aligned:
+        return x
+    # clone, not contiguous(): a length-1 x can count as contiguous yet look channel-last to the kernel.
+    return x.clone(memory_format=torch.contiguous_format)
+
+
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor = None, use_kernel: bool = False):
     """SiLU(causal depthwise conv1d(x)): x (batch, dim, length), weight (dim, kernel), bias (dim,).
 
     Left zero-padding by kernel - 1, so output t sees inputs t - kernel + 1 .. t. With `use_kernel` the
-    causal-conv1d CUDA kernel is used (CUDA tensors, package installed).
+    causal-conv1d CUDA kernel is used (CUDA tensors, package installed; kernel widths 2 to 4), on `x`
+    or a copy of it in a layout the kernel accepts.
     """
+    kernel = weight.shape[-1]
     if use_kernel:
+        if kernel not in CUDA_CONV_WIDTHS:
+            raise ValueError(f"causal-conv1d's kernel supports widths {CUDA_CONV_WIDTHS}; got a width-{kernel} weight.")
         from causal_conv1d import causal_conv1d_fn
 
-        return causal_conv1d_fn(x, weight, bias, activation="silu")
-    kernel = weight.shape[-1]
+        return causal_conv1d_fn(_conv_kernel_layout(x), weight, bias, activation="silu")
     out = F.conv1d(F.pad(x, (kernel - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
     return F.silu(out)
 
@@ -651,6 +721,7 @@ __all__ = [
     "selective_scan_tokens_first",
     "causal_conv1d",
     "causal_conv1d_tokens_first",
+    "cuda_kernel_limits_problem",
     "cuda_kernels_available",
     "cuda_kernels_problem",
     "native_scan_available",

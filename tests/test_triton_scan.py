@@ -197,12 +197,12 @@ def test_triton_rejects_integer_inputs(kernels):
 
 
 def test_auto_uses_triton_on_cuda_only_without_mamba_ssm(monkeypatch):
-    monkeypatch.setattr(scan_module, "triton_available", lambda: True)
+    monkeypatch.setattr(scan_module, "triton_available", lambda device=None: True)
     monkeypatch.setattr(scan_module, "_cuda_warned", False)
     monkeypatch.setattr(scan_module, "cuda_kernels_problem", lambda device=None: "not usable: mamba-ssm (ImportError)")
     with pytest.warns(RuntimeWarning, match="using the 'triton' scan"):
         assert resolve_implementation("auto", torch.device("cuda")) == "triton"
-    monkeypatch.setattr(scan_module, "triton_available", lambda: False)
+    monkeypatch.setattr(scan_module, "triton_available", lambda device=None: False)
     assert resolve_implementation("auto", torch.device("cuda")) == "fast", "no Triton either: the PyTorch scan"
     monkeypatch.setattr(scan_module, "cuda_kernels_problem", lambda device=None: "")
     assert resolve_implementation("auto", torch.device("cuda")) == "cuda"
