@@ -22,5 +22,9 @@ def test_cpu_model_names_the_cpu_and_its_vector_extensions(monkeypatch, tmp_path
         "processor\t: 1\nmodel name\t: other\n"
     )
     real_open = open
-    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path, *a, **k))
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(info if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
     assert bench_cpu_speed.cpu_model() == "Test CPU 9000 (family 25; avx2, avx512f)"
