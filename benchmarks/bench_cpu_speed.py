@@ -85,7 +85,11 @@ def pair(frames: int, mode: str, repeats: int, warmup: int) -> dict:
     pixel_values = torch.randn(1, frames, 3, 224, 224)
     make = forward_call if mode == "forward" else train_call
     calls = {name: make(build_model(name, frames), pixel_values) for name in ("videomamba", "videomae")}
-    return alternate(calls, repeats, warmup)
+    medians = alternate(calls, repeats, warmup)
+    # Progress as it goes: on a loaded machine a full run is long, and partial figures are still figures.
+    print(f"  {torch.get_num_threads()} thread(s), {mode} {frames} frames: VideoMamba {medians['videomamba']:.3f} s, "
+          f"VideoMAE {medians['videomae']:.3f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    return medians
 
 
 def scan_kernel_ms(repeats: int) -> float:
