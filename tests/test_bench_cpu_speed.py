@@ -1,0 +1,30 @@
+"""benchmarks/bench_cpu_speed.py's helpers: alternated timing and the CPU's name (the benchmark itself is a script)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import bench_cpu_speed  # noqa: E402
+
+
+def test_alternate_swaps_the_order_every_repeat_and_returns_medians():
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
+    medians = bench_cpu_speed.alternate(calls, repeats=3, warmup=1)
+    assert order == list("abc") + list("abc") + list("cba") + list("abc")
+    assert set(medians) == {"a", "b", "c"} and all(value >= 0 for value in medians.values())
+
+
+def test_cpu_model_names_the_cpu_and_its_vector_extensions(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU 9000\ncpu family\t: 25\nflags\t\t: fpu avx2 avx512f\n\n"
+        "processor\t: 1\nmodel name\t: other\n"
+    )
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(info if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert bench_cpu_speed.cpu_model() == "Test CPU 9000 (family 25; avx2, avx512f)"
