@@ -13,7 +13,7 @@ PRESETS = {
     "base": {"hidden_size": 768, "num_hidden_layers": 24},
 }
 
-SCAN_IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda", "triton")
+SCAN_IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda", "triton", "export")
 TOKEN_ORDERS = ("spatial_first", "temporal_first", "hybrid")
 DT_INITS = ("original", "mamba")
 MODALITIES = ("video", "image")
@@ -68,7 +68,7 @@ class VideoMambaConfig(PreTrainedConfig):
             `"reference"` (the plain sequential recurrence), `"fast"` (exact blocked pure-PyTorch scan),
             `"native"` (compiled C++ CPU kernel, built on first use; `"fast"` if it cannot be built),
             `"cuda"` (mamba-ssm kernels), `"triton"` (Triton kernels for CUDA tensors, no extension to
-            build) or `"auto"` (for CUDA tensors the mamba-ssm kernels when installed, else Triton's when
+            build), `"export"` (ordinary ops for torch.export and ONNX; slow eagerly) or `"auto"` (for CUDA tensors the mamba-ssm kernels when installed, else Triton's when
             installed; on CPU the native kernel when it builds and `VIDEOMAMBA_NATIVE_SCAN` is not `0`;
             else the fast scan).
         token_order (`str`, *optional*, defaults to `"spatial_first"`): Order in which the mixers scan

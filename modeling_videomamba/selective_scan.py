@@ -27,6 +27,9 @@ back in the dtype of `u`. Implementations:
   `pip install .[cuda]`).
 - "triton": the "fast" layout computed by Triton kernels (CUDA tensors; no compiled extension to
   build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`.
+- "export": the "fast" layout as ordinary tensor ops around a `scan` loop over tokens, which
+  torch.export captures and ONNX runs as its `Scan` operator (`modeling_videomamba.export` sets it);
+  see `export_scan`.
 
 "fast" and "native" are torch.library custom ops (forward and backward), so torch.compile keeps each
 scan as one graph node (no graph break, no unrolled token loop) and fuses the element-wise ops around it.
@@ -94,6 +97,9 @@ def selective_scan_reference(
     y = y.to(out_dtype)
     return (y, state) if return_last_state else y
 
+
+# The implementations with the token-major layout (`selective_scan_tokens_first`).
+TOKENS_FIRST_IMPLEMENTATIONS = ("fast", "native", "triton", "export")
 
 # Tokens per block of the fast scan: long enough to amortise the per-block Python overhead, short
 # enough that the block buffers (block * batch * dim * state floats) stay near the cache (32 measured
@@ -261,10 +267,15 @@ def selective_scan_tokens_first(
     u, delta, z : (batch, L, dim)      A : (dim, N)      B, C : (batch, L, groups, N)
     D, delta_bias : (dim,). Returns (y (batch, L, dim) in u's dtype, last state (batch, dim, N)).
     `implementation` is "fast" (pure PyTorch), "native" (the compiled CPU kernel; "fast" with one
-    warning when it cannot be built) or "triton" (the Triton kernels, CUDA tensors; see `triton_scan`).
+    warning when it cannot be built), "triton" (the Triton kernels, CUDA tensors; see `triton_scan`) or
+    "export" (ordinary ops for torch.export / ONNX; see `export_scan`).
     """
-    if implementation not in ("fast", "native", "triton"):
-        raise ValueError(f"selective_scan_tokens_first supports 'fast', 'native' and 'triton'; got {implementation!r}.")
+    if implementation not in TOKENS_FIRST_IMPLEMENTATIONS:
+        raise ValueError(f"selective_scan_tokens_first supports {TOKENS_FIRST_IMPLEMENTATIONS}; got {implementation!r}.")
+    if implementation == "export":
+        from .export_scan import selective_scan_export
+
+        return selective_scan_export(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if implementation == "triton":
         from .triton_scan import selective_scan_triton
 
@@ -490,7 +501,7 @@ def selective_scan(
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if implementation == "cuda":
         return _selective_scan_cuda(*args)
-    if implementation in ("fast", "native", "triton"):
+    if implementation in TOKENS_FIRST_IMPLEMENTATIONS:
         return selective_scan_fast(*args, implementation=implementation)
     return selective_scan_reference(*args)
 
