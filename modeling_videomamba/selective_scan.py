@@ -272,10 +272,6 @@ def selective_scan_tokens_first(
     """
     if implementation not in TOKENS_FIRST_IMPLEMENTATIONS:
         raise ValueError(f"selective_scan_tokens_first supports {TOKENS_FIRST_IMPLEMENTATIONS}; got {implementation!r}.")
-    if implementation == "export":
-        from .export_scan import selective_scan_export
-
-        return selective_scan_export(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if implementation == "triton":
         from .triton_scan import selective_scan_triton
 
@@ -310,7 +306,12 @@ def selective_scan_tokens_first(
         y, last_state = native_scan(*core_args, D, delta_bias, delta_softplus)
         y = y.reshape(batch, length, dim)
     else:
-        y, last_state, _ = blocked_scan_forward(*core_args, BLOCK_SIZE)
+        if implementation == "export":
+            from .export_scan import export_scan_forward
+
+            y, last_state = export_scan_forward(*core_args)
+        else:
+            y, last_state, _ = blocked_scan_forward(*core_args, BLOCK_SIZE)
         y = y.reshape(batch, length, dim)
         if D is not None:
             y = torch.addcmul(y, u, D.to(dtype))
