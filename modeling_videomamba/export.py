@@ -15,6 +15,7 @@ onnxruntime for `--check`).
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import sys
 
@@ -73,6 +74,9 @@ def export_onnx(model: nn.Module, path: str, num_frames: int = None, opset_versi
 
     Batch is dynamic; frames (`num_frames`, default the model's) and resolution are fixed.
     """
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"ONNX export needs {' and '.join(missing)}: pip install .[export] (onnx, onnxscript, onnxruntime).")
     if model.config.modality == "image" and num_frames is not None:
         raise ValueError(f"num_frames applies to video models; this is an image model (got num_frames={num_frames}).")
     if num_frames is not None and num_frames < 1:
