@@ -69,10 +69,14 @@ def example_input(config: VideoMambaConfig, num_frames: int = None, batch: int =
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def export_onnx(model: nn.Module, path: str, num_frames: int = None, opset_version: int = None) -> str:
+def export_onnx(
+    model: nn.Module, path: str, num_frames: int = None, opset_version: int = None, optimize: bool = False
+) -> str:
     """Write `model` (a VideoMamba classifier) to the ONNX file `path` (weights inside it); returns path.
 
-    Batch is dynamic; frames (`num_frames`, default the model's) and resolution are fixed.
+    Batch is dynamic; frames (`num_frames`, default the model's) and resolution are fixed. `optimize`
+    runs onnxscript's graph optimizer over the file: off by default, as it took more than 5 minutes of
+    CPU for VideoMamba-Ti (24 blocks) and onnxruntime optimizes the graph itself when it loads it.
     """
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
@@ -93,6 +97,7 @@ def export_onnx(model: nn.Module, path: str, num_frames: int = None, opset_versi
             output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=opset_version,
+            optimize=optimize,
             verbose=False,
         )
     program.save(os.fspath(path), external_data=False)
@@ -122,10 +127,11 @@ def main(argv=None) -> int:
     parser.add_argument("--onnx", required=True, help="the ONNX file to write")
     parser.add_argument("--num-frames", type=int, default=None, help="frames per clip of the export (default: the model's)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch.onnx's)")
+    parser.add_argument("--optimize", action="store_true", help="run onnxscript's graph optimizer (slow for deep models)")
     parser.add_argument("--check", action="store_true", help="compare onnxruntime's logits with eager torch's on a random batch of 3")
     args = parser.parse_args(argv)
     model = load_classifier(args.model)
-    export_onnx(model, args.onnx, num_frames=args.num_frames, opset_version=args.opset)
+    export_onnx(model, args.onnx, num_frames=args.num_frames, opset_version=args.opset, optimize=args.optimize)
     print(f"wrote {args.onnx} ({os.path.getsize(args.onnx) / 2**20:.1f} MiB)")
     if args.check:
         pixel_values = example_input(model.config, args.num_frames, batch=3, seed=1)
