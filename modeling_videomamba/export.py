@@ -80,7 +80,9 @@ def export_onnx(
     """
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
-        raise ImportError(f"ONNX export needs {' and '.join(missing)}: pip install .[export] (onnx, onnxscript, onnxruntime).")
+        raise ImportError(
+            f"ONNX export needs {' and '.join(missing)}: pip install .[export] (onnx, onnxscript, onnxruntime)."
+        )
     if model.config.modality == "image" and num_frames is not None:
         raise ValueError(f"num_frames applies to video models; this is an image model (got num_frames={num_frames}).")
     if num_frames is not None and num_frames < 1:
@@ -125,10 +127,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="folder of a saved VideoMamba classifier (save_pretrained)")
     parser.add_argument("--onnx", required=True, help="the ONNX file to write")
-    parser.add_argument("--num-frames", type=int, default=None, help="frames per clip of the export (default: the model's)")
+    parser.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch.onnx's)")
-    parser.add_argument("--optimize", action="store_true", help="run onnxscript's graph optimizer (slow for deep models)")
-    parser.add_argument("--check", action="store_true", help="compare onnxruntime's logits with eager torch's on a random batch of 3")
+    parser.add_argument("--optimize", action="store_true", help="run onnxscript's graph optimizer (slow)")
+    parser.add_argument(
+        "--check", action="store_true", help="compare onnxruntime's logits with eager torch's on a random batch of 3"
+    )
     args = parser.parse_args(argv)
     model = load_classifier(args.model)
     export_onnx(model, args.onnx, num_frames=args.num_frames, opset_version=args.opset, optimize=args.optimize)
