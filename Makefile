@@ -16,8 +16,8 @@ $(PY):
 # What only the tests need, on top.
 $(TEST_DEPS): $(PY)
 	# the triton extra lets the tests run the Triton scan's kernels on CPU (its interpreter); bench brings
-	# matplotlib for the benchmark plots' test
-	$(PY) -m pip install -e ".[test,triton,bench]"
+	# matplotlib for the benchmark plots' test; export the ONNX exporter and onnxruntime for tests/test_export.py
+	$(PY) -m pip install -e ".[test,triton,bench,export]"
 	# mamba-ssm and causal-conv1d from their sdists without the CUDA build, for their Python interfaces
 	# and references: tests/test_cuda_path_contract.py runs our CUDA path's calls through them on CPU.
 	# FORCE_BUILD skips setup.py's download of a prebuilt wheel from outside the registry; --no-deps

@@ -13,7 +13,7 @@ PRESETS = {
     "base": {"hidden_size": 768, "num_hidden_layers": 24},
 }
 
-SCAN_IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda", "triton")
+SCAN_IMPLEMENTATIONS = ("auto", "reference", "fast", "native", "cuda", "triton", "export")
 TOKEN_ORDERS = ("spatial_first", "temporal_first", "hybrid")
 DT_INITS = ("original", "mamba")
 MODALITIES = ("video", "image")
@@ -84,9 +84,10 @@ class VideoMambaConfig(PreTrainedConfig):
             `"reference"` (the plain sequential recurrence), `"fast"` (exact blocked pure-PyTorch scan),
             `"native"` (compiled C++ CPU kernel, built on first use; `"fast"` if it cannot be built),
             `"cuda"` (mamba-ssm kernels; `conv_kernel` 2 to 4 and `state_size` <= 256), `"triton"` (Triton
-            kernels for CUDA tensors, no extension to build) or `"auto"` (for CUDA tensors the mamba-ssm
-            kernels when installed and the sizes fit them, else Triton's when installed; on CPU the native
-            kernel when it builds and `VIDEOMAMBA_NATIVE_SCAN` is not `0`; else the fast scan).
+            kernels for CUDA tensors, no extension to build), `"export"` (ordinary ops for torch.export and
+            ONNX; slow eagerly) or `"auto"` (for CUDA tensors the mamba-ssm kernels when installed and the
+            sizes fit them, else Triton's when installed; on CPU the native kernel when it builds and
+            `VIDEOMAMBA_NATIVE_SCAN` is not `0`; else the fast scan).
         token_order (`str`, *optional*, defaults to `"spatial_first"`): Order in which the mixers scan
             the patch tokens: `"spatial_first"` (frame by frame, the paper's choice), `"temporal_first"`
             (position by position through time) or `"hybrid"` (alternating per block). Outputs are

@@ -12,6 +12,7 @@ from .configuration_videomamba import VideoMambaConfig
 from .selective_scan import (
     causal_conv1d,
     causal_conv1d_tokens_first,
+    TOKENS_FIRST_IMPLEMENTATIONS,
     resolve_implementation,
     selective_scan,
     selective_scan_tokens_first,
@@ -122,7 +123,7 @@ class VideoMambaMixer(nn.Module):
         return u, delta, B.transpose(1, 2), C.transpose(1, 2)
 
     def _forward_tokens_first(self, hidden_states: torch.Tensor, implementation: str = "fast") -> torch.Tensor:
-        """The "fast", "native" and "triton" path: the same computation in (B, L, channels) layout, both directions at once.
+        """The token-major path (TOKENS_FIRST_IMPLEMENTATIONS): (B, L, channels) layout, both directions at once.
 
         Channels [:inner] are the forward direction, [inner:] the backward one on the flipped sequence.
         Both directions share the gate silu(z), so it is applied once, after flipping back and summing.
@@ -162,7 +163,7 @@ class VideoMambaMixer(nn.Module):
             state_size=self.state_size,
             conv_kernel=self.config.conv_kernel,
         )
-        if implementation in ("fast", "native", "triton"):
+        if implementation in TOKENS_FIRST_IMPLEMENTATIONS:
             return self._forward_tokens_first(hidden_states, implementation)
         use_kernel = implementation == "cuda"
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, inner, L) each

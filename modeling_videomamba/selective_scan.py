@@ -31,6 +31,9 @@ back in the dtype of `u`. Implementations:
   build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`. Where it cannot
   run (not installed, or a tiny scan fails to compile or launch on the device: probed once per
   device), one warning says why and "fast" is used instead.
+- "export": the "fast" layout as ordinary tensor ops around a `scan` loop over tokens, which
+  torch.export captures and ONNX runs as its `Scan` operator (`modeling_videomamba.export` sets it);
+  see `export_scan`.
 
 "fast" and "native" are torch.library custom ops (forward and backward), so torch.compile keeps each
 scan as one graph node (no graph break, no unrolled token loop) and fuses the element-wise ops around it.
@@ -130,6 +133,9 @@ def selective_scan_reference(
     y = y.to(out_dtype)
     return (y, state) if return_last_state else y
 
+
+# The implementations with the token-major layout (`selective_scan_tokens_first`).
+TOKENS_FIRST_IMPLEMENTATIONS = ("fast", "native", "triton", "export")
 
 # Tokens per block of the fast scan: long enough to amortise the per-block Python overhead, short
 # enough that the block buffers (block * batch * dim * state floats) stay near the cache (32 measured
@@ -299,10 +305,11 @@ def selective_scan_tokens_first(
     u, delta, z : (batch, L, dim)      A : (dim, N)      B, C : (batch, L, groups, N)
     D, delta_bias : (dim,). Returns (y (batch, L, dim) in u's dtype, last state (batch, dim, N)).
     `implementation` is "fast" (pure PyTorch), "native" (the compiled CPU kernel; "fast" with one
-    warning when it cannot be built) or "triton" (the Triton kernels, CUDA tensors; see `triton_scan`).
+    warning when it cannot be built), "triton" (the Triton kernels, CUDA tensors; see `triton_scan`) or
+    "export" (ordinary ops for torch.export / ONNX; see `export_scan`).
     """
-    if implementation not in ("fast", "native", "triton"):
-        raise ValueError(f"selective_scan_tokens_first supports 'fast', 'native' and 'triton'; got {implementation!r}.")
+    if implementation not in TOKENS_FIRST_IMPLEMENTATIONS:
+        raise ValueError(f"selective_scan_tokens_first supports {TOKENS_FIRST_IMPLEMENTATIONS}; got {implementation!r}.")
     _real_A(A, "selective_scan_tokens_first")
     if implementation == "triton":
         from .triton_scan import selective_scan_triton
@@ -338,7 +345,12 @@ def selective_scan_tokens_first(
         y, last_state = native_scan(*core_args, D, delta_bias, delta_softplus)
         y = y.reshape(batch, length, dim)
     else:
-        y, last_state, _ = blocked_scan_forward(*core_args, BLOCK_SIZE)
+        if implementation == "export":
+            from .export_scan import export_scan_forward
+
+            y, last_state = export_scan_forward(*core_args)
+        else:
+            y, last_state, _ = blocked_scan_forward(*core_args, BLOCK_SIZE)
         y = y.reshape(batch, length, dim)
         if D is not None:
             y = torch.addcmul(y, u, D.to(dtype))
@@ -651,7 +663,7 @@ def selective_scan(
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if implementation == "cuda":
         return _selective_scan_cuda(*args)
-    if implementation in ("fast", "native", "triton"):
+    if implementation in TOKENS_FIRST_IMPLEMENTATIONS:
         return selective_scan_fast(*args, implementation=implementation)
     return selective_scan_reference(*args)
 
