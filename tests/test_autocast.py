@@ -163,3 +163,24 @@ def test_model_held_in_bf16_runs_forward_and_backward(order, load, tmp_path):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     # The weights themselves are rounded to bf16 here, unlike autocast: about twice the rounding.
     assert _relative_error(out.logits, reference) < 2 * _tolerance(torch.bfloat16, TINY["num_hidden_layers"])
+
+
+@pytest.mark.parametrize("implementation", ["fast", "native", "triton"])
+def test_scan_reads_and_writes_the_compute_dtype_under_autocast(implementation, monkeypatch):
+    """As the original's fused kernel: u, delta, B, C and y in bf16 at the scan's call, the state fp32 inside."""
+    blocks = __import__("modeling_videomamba.modeling_videomamba_blocks", fromlist=["selective_scan_tokens_first"])
+    seen = []
+
+    def recording(u, delta, A, B, C, **kwargs):
+        y, state = scan(u, delta, A, B, C, **kwargs)
+        seen.append((u.dtype, delta.dtype, B.dtype, C.dtype, A.dtype, y.dtype, state.dtype))
+        return y, state
+
+    scan = blocks.selective_scan_tokens_first
+    monkeypatch.setattr(blocks, "selective_scan_tokens_first", recording)
+    sizes = dict(TRITON_TINY, num_hidden_layers=1) if implementation == "triton" else TINY
+    model = VideoMambaModel(VideoMambaConfig(**sizes, scan_implementation=implementation))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(1, 2, 3, 16, 16)).last_hidden_state.float().sum().backward()
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert seen and all(dtypes == (bf16, bf16, bf16, bf16, fp32, bf16, fp32) for dtypes in seen), seen
