@@ -9,8 +9,8 @@ Tolerance: each block rounds its activations to the autocast dtype at about 8 st
 output, in_proj, conv, x_proj, delta, scan output, gate, out_proj). Independent rounding errors of
 relative size eps (the dtype's machine epsilon) add in quadrature, so an output after `depth` blocks
 and the head is expected within eps * sqrt(8 * depth + 2) relative (Frobenius) error of the fp32 run;
-the test allows 2x that. A wrong token order or a state kept in half precision gives O(1) or larger
-errors; the bf16 runs measured here sit at about a third of the bound.
+the test allows 2x that (bf16: eps = 2^-7, bound 0.066 at depth 2). A wrong token order gives O(1)
+errors; the bf16 logits measured here are about 0.01 from fp32.
 """
 
 import math
