@@ -27,7 +27,17 @@ $(TEST_DEPS): $(PY)
 		$(PY) -m pip install --no-deps --no-build-isolation mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
 	touch $(TEST_DEPS)
 
-.PHONY: setup test demo
+# The folder benchmarks/gpu_check.py installs from on a GPU machine without internet (see
+# benchmarks/README.md): the two kernel packages' sdists (built there for its GPU) and PyAV for
+# Python 3.12 (the one package the tests need that the lent H200 image lacks). About 35 MB.
+gpu-packages: $(PY)
+	mkdir -p gpu_packages
+	MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE $(PY) -m pip download --no-deps --no-binary :all: \
+		--no-build-isolation -d gpu_packages mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
+	$(PY) -m pip download --no-deps --only-binary :all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d gpu_packages "av>=12"
+
+.PHONY: setup test demo gpu-packages
 setup: $(TEST_DEPS)
 
 test: $(TEST_DEPS)

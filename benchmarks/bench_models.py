@@ -61,32 +61,36 @@ SIZES = {
 }
 
 
-def build_model(name: str, frames: int, scan: str = "auto", size: str = "tiny"):
+def build_model(name: str, frames: int, scan: str = "auto", size: str = "tiny", overrides: dict = None):
     """One of MODELS at one of SIZES with random weights, in eval mode (dropout off) for any mode; `scan`
-    is VideoMamba's scan_implementation."""
+    is VideoMamba's scan_implementation. `overrides` (e.g. image_size, num_hidden_layers: a smoke test's
+    tiny models) apply to every model's config."""
     preset, (hidden, heads, mlp) = SIZES[size]
+    overrides = overrides or {}
     if name == "videomamba":
         from modeling_videomamba import VideoMambaConfig, VideoMambaModel
 
-        config = VideoMambaConfig.from_preset(preset, num_frames=frames, image_size=224, scan_implementation=scan)
+        config = VideoMambaConfig.from_preset(
+            preset, **{"num_frames": frames, "image_size": 224, "scan_implementation": scan, **overrides}
+        )
         return VideoMambaModel(config).eval()
     if name == "videomae":
         from transformers import VideoMAEConfig, VideoMAEModel
 
-        config = VideoMAEConfig(
-            image_size=224, patch_size=16, num_frames=frames, tubelet_size=1, hidden_size=hidden,
-            num_hidden_layers=TRANSFORMER_LAYERS, num_attention_heads=heads, intermediate_size=mlp,
-            use_mean_pooling=True, attn_implementation="sdpa",
-        )
+        config = VideoMAEConfig(**{
+            "image_size": 224, "patch_size": 16, "num_frames": frames, "tubelet_size": 1, "hidden_size": hidden,
+            "num_hidden_layers": TRANSFORMER_LAYERS, "num_attention_heads": heads, "intermediate_size": mlp,
+            "use_mean_pooling": True, "attn_implementation": "sdpa", **overrides,
+        })
         return VideoMAEModel(config).eval()
     if name == "timesformer":
         from transformers import TimesformerConfig, TimesformerModel
 
-        config = TimesformerConfig(
-            image_size=224, patch_size=16, num_frames=frames, hidden_size=hidden,
-            num_hidden_layers=TRANSFORMER_LAYERS, num_attention_heads=heads, intermediate_size=mlp,
-            attention_type="joint_space_time",
-        )
+        config = TimesformerConfig(**{
+            "image_size": 224, "patch_size": 16, "num_frames": frames, "hidden_size": hidden,
+            "num_hidden_layers": TRANSFORMER_LAYERS, "num_attention_heads": heads, "intermediate_size": mlp,
+            "attention_type": "joint_space_time", **overrides,
+        })
         return TimesformerModel(config).eval()
     raise ValueError(f"Unknown model {name!r}; expected one of {MODELS}.")
 

@@ -18,8 +18,9 @@ Meant for a lent GPU machine without internet (one run of about 9 minutes, see b
     python benchmarks/gpu_check.py --dry-run --packages gpu_packages   # anywhere: checks what it can
 
 --dry-run needs no GPU: it checks the scripts compile, the gpu tests collect, every benchmark model
-builds (on the meta device), the packages folder holds what a run would install and the sdists' build
-scripts accept the architecture patch, and writes the plan to $OUT.
+builds (on the meta device), bench_gpu.py runs end to end on CPU (--smoke), the packages folder holds
+what a run would install, the sdists' build scripts accept the architecture patch and the build tools
+(nvcc of torch's CUDA major, ninja) are there, and writes the plan to $OUT.
 """
 
 import argparse
@@ -60,6 +61,11 @@ KERNEL_SDISTS = ("causal_conv1d", "mamba_ssm")  # built in this order (the small
 BUILD_ENV = {
     "MAMBA_FORCE_BUILD": "TRUE",  # no download of a prebuilt wheel (there is no internet)
     "CAUSAL_CONV1D_FORCE_BUILD": "TRUE",
+    # mamba-ssm after 2.3.2 builds its CUDA scan only when asked (KEEP); older ones unless told to skip,
+    # and a SKIP left in the environment by a CPU-side install must not carry over.
+    "MAMBA_KEEP_CUDA_BUILD": "TRUE",
+    "MAMBA_SKIP_CUDA_BUILD": "FALSE",
+    "CAUSAL_CONV1D_SKIP_CUDA_BUILD": "FALSE",
 }
 
 
@@ -87,13 +93,23 @@ class Report:
             handle.write("\n".join(text))
 
 
+def tool_path():
+    """PATH with this interpreter's bin folder first: a venv's python run without activating the venv
+    would not find the venv's ninja (torch's extension build then compiles one file at a time) nor pip's
+    scripts; CUDA_HOME's bin follows, for nvcc."""
+    folders = [os.path.dirname(sys.executable)]
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    folders.append(os.path.join(cuda_home, "bin"))
+    return os.pathsep.join(folders + [os.environ.get("PATH", "")])
+
+
 def run(command, log_path, timeout, env=None):
     """Run `command`, output to `log_path`; returns (exit code or "timeout", seconds, last lines)."""
     start = time.monotonic()
     with open(log_path, "w") as log:
         try:
             code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=max(timeout, 1),
-                                  env={**os.environ, **(env or {})}).returncode
+                                  env={**os.environ, "PATH": tool_path(), **(env or {})}).returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
     with open(log_path, errors="replace") as log:
@@ -115,13 +131,13 @@ def machine_lines():
         lines.append(f"- GPU: {torch.cuda.get_device_name()} (sm_{major}{minor}), {torch.cuda.device_count()} visible")
     else:
         lines.append("- GPU: none visible")
-    nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
-    if os.path.exists(nvcc):
-        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-        release = re.search(r"release [\d.]+", version)
-        lines.append(f"- nvcc: {release.group(0) if release else 'unknown version'} ({nvcc})")
+    nvcc, release = nvcc_release()
+    if nvcc:
+        lines.append(f"- nvcc: release {release or 'unknown'} ({nvcc})")
     else:
         lines.append("- nvcc: not found (no kernel builds possible)")
+    ninja = shutil.which("ninja", path=tool_path())
+    lines.append(f"- ninja: {ninja or 'not found (a kernel build would compile one file at a time)'}")
     try:
         import triton
 
@@ -132,16 +148,59 @@ def machine_lines():
     return lines
 
 
+def nvcc_release():
+    """(path of nvcc or None, its release such as "13.0" or None)."""
+    nvcc = shutil.which("nvcc", path=tool_path())
+    if not nvcc:
+        return None, None
+    try:
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return nvcc, None
+    release = re.search(r"release (\d+\.\d+)", version)
+    return nvcc, release.group(1) if release else None
+
+
+def build_tools_problem(nvcc_version, torch_cuda, ninja):
+    """Why the kernels cannot be built here ("" when they can): torch's extension build refuses an nvcc
+    of another CUDA major than torch's, and without ninja it compiles serially (past any budget)."""
+    if torch_cuda is None:
+        return "this torch has no CUDA"
+    if nvcc_version is None:
+        return "nvcc not found (or its version unreadable) on PATH or in CUDA_HOME"
+    if nvcc_version.split(".")[0] != torch_cuda.split(".")[0]:
+        return f"nvcc is CUDA {nvcc_version} but torch was built with CUDA {torch_cuda} (the majors must match)"
+    if not ninja:
+        return "ninja not found: the build would compile one file at a time and overrun the budget"
+    return ""
+
+
 def missing_modules():
     import importlib.util
 
     return [name for name in REQUIRED if importlib.util.find_spec(name) is None]
 
 
+def sdist_version(path):
+    """A sortable version of an sdist file name (name-1.10.0.post2.tar.gz), compared as versions, not text."""
+    version = re.sub(r"\.tar\.gz$", "", os.path.basename(path)).rsplit("-", 1)[-1]
+    try:
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            return (1, Version(version), ())
+        except InvalidVersion:
+            pass
+    except ImportError:
+        pass
+    return (0, None, tuple(int(part) for part in re.findall(r"\d+", version)))
+
+
 def find_sdist(packages, name):
-    matches = sorted(glob.glob(os.path.join(packages, f"{name}-*.tar.gz")) + glob.glob(
+    """The newest sdist of `name` in `packages` (either spelling of the name), or None."""
+    matches = set(glob.glob(os.path.join(packages, f"{name}-*.tar.gz")) + glob.glob(
         os.path.join(packages, f"{name.replace('_', '-')}-*.tar.gz")))
-    return matches[-1] if matches else None
+    return max(matches, key=sdist_version) if matches else None
 
 
 ARCH_PATCH = '''
@@ -211,12 +270,19 @@ def step_kernels(args, report, arch):
         lines.append(f"- build skipped: sdists not found in {args.packages!r} ({sdists})")
         report.add("mamba-ssm / causal-conv1d", lines)
         return
+    import torch
+
+    _, nvcc_version = nvcc_release()
+    tools = build_tools_problem(nvcc_version, torch.version.cuda, shutil.which("ninja", path=tool_path()))
     left = args.budget - report.elapsed()
-    if not args.dry_run and (args.no_build or left < args.build_budget + args.reserve):
-        reason = "--no-build" if args.no_build else f"{left:.0f} s left, a build needs up to {args.build_budget} s"
+    if not args.dry_run and (args.no_build or tools or left < args.build_budget + args.reserve):
+        reason = "--no-build" if args.no_build else (
+            tools or f"{left:.0f} s left, a build needs up to {args.build_budget} s")
         lines.append(f"- build skipped ({reason}): the cuda path is not checked or timed in this run")
         report.add("mamba-ssm / causal-conv1d", lines)
         return
+    if args.dry_run and tools:
+        lines.append(f"- on this machine the build would be skipped: {tools}")
     deadline = time.monotonic() + args.build_budget
     with tempfile.TemporaryDirectory() as workdir:
         for name in KERNEL_SDISTS:
@@ -270,8 +336,15 @@ def step_benchmark(args, report):
                 with torch.device("meta"):
                     model = build_model(name, 8, "fast", size)
                 built.append(f"{name}-{size} {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M")
-        report.add("Benchmark plan (dry run)", [f"- models build: {', '.join(built)}",
-                                                f"- frames {args.frames}, sizes {args.sizes}, forward and train, bf16"])
+        command = [sys.executable, os.path.join(BENCH, "bench_gpu.py"), "--smoke", "--frames", "1", "--repeats", "1",
+                   "--modes", "forward", "train", "--scans", "fast"]
+        code, seconds, _ = run(command, os.path.join(args.out, "bench_smoke.log"), 300, python_env())
+        report.add("Benchmark plan (dry run)", [
+            f"- models build: {', '.join(built)}",
+            f"- frames {args.frames}, sizes {args.sizes}, forward (eval) and train (train mode), bf16 autocast",
+            f"- bench_gpu.py --smoke (CPU, tiny models, every model and mode): exit {code} in {seconds:.0f} s "
+            "(log: bench_smoke.log)",
+        ])
         return
     scans, notes = benchmark_scans()
     sizes, frames = (args.sizes, args.frames) if scans != ["fast"] else (["tiny"], [8, 16])
@@ -289,8 +362,10 @@ def step_benchmark(args, report):
     header, table = results_table(rows)
     lines = [f"- scans timed: {', '.join(scans)}" + (" (no kernel path usable: a reduced plan)" if scans == ["fast"]
                                                      else ""), *[f"- not usable: {note}" for note in notes],
-             f"- exit {code} in {seconds:.0f} s (log: bench.log); batch 1, 224x224, bf16, median of "
-             f"{args.repeats} CUDA-synced calls; peak = max allocated beyond weights and input", "",
+             f"- exit {code} in {seconds:.0f} s (log: bench.log); batch 1, 224x224, fp32 weights under bf16 "
+             f"autocast, eval mode for forward, train mode for train; median of {args.repeats} CUDA-synced calls; "
+             "peak = max allocated beyond weights and input; last two columns: TimeSformer's time and memory "
+             "over the row's (paper's Fig. 1, A100, 64 frames: VideoMamba-Ti 6x and 40x)", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table]
     report.add("Benchmark: VideoMamba vs VideoMAE vs TimeSformer", lines)

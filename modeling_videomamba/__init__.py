@@ -7,6 +7,7 @@ AutoProcessor), and the video-text model (AutoConfig, AutoModel, AutoProcessor).
 
 from .configuration_videomamba import VideoMambaConfig
 from .configuration_videomamba_video_text import VideoMambaVideoTextConfig
+from .flops import FlopCount, count_flops
 from .modeling_videomamba import (
     VideoMambaForImageClassification,
     VideoMambaForVideoClassification,
@@ -14,6 +15,7 @@ from .modeling_videomamba import (
     VideoMambaModelOutput,
     VideoMambaPreTrainedModel,
 )
+from .features import VideoMambaFeatures, long_video_features, video_features
 from .modeling_videomamba_pretraining import VideoMambaForPreTraining
 from .modeling_videomamba_video_text import VideoMambaVideoTextModel, VideoMambaVideoTextOutput
 from .processors import (
@@ -49,6 +51,8 @@ __all__ = [
     "selective_scan_reference",
     "causal_conv1d",
     "cuda_kernels_available",
+    "count_flops",
+    "FlopCount",
     "register_auto_classes",
     "VideoMambaVideoProcessor",
     "VideoMambaProcessor",
@@ -59,4 +63,7 @@ __all__ = [
     "classify_long_video",
     "multi_view_predict",
     "dataset_video_transform",
+    "VideoMambaFeatures",
+    "video_features",
+    "long_video_features",
 ]

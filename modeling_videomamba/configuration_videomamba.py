@@ -29,6 +29,22 @@ AUTO_MAP = {
 }
 ALIGNED_FEATURE_SOURCES = ("original", "final_norm")
 
+# What the CUDA kernels accept (causal-conv1d's csrc/causal_conv1d.cpp, mamba-ssm's
+# csrc/selective_scan/selective_scan.cpp): scan_implementation="cuda" is checked against these.
+CUDA_CONV_WIDTHS = (2, 3, 4)
+CUDA_MAX_STATE_SIZE = 256
+
+
+def cuda_kernel_limits_problem(state_size=None, conv_kernel=None) -> str:
+    """What in these sizes mamba-ssm's / causal-conv1d's kernels do not support ("" when they do;
+    a size not given is not checked)."""
+    problems = []
+    if conv_kernel is not None and conv_kernel not in CUDA_CONV_WIDTHS:
+        problems.append(f"causal-conv1d supports conv widths {CUDA_CONV_WIDTHS}, got conv_kernel={conv_kernel}")
+    if state_size is not None and state_size > CUDA_MAX_STATE_SIZE:
+        problems.append(f"mamba-ssm's scan supports state sizes <= {CUDA_MAX_STATE_SIZE}, got state_size={state_size}")
+    return "; ".join(problems)
+
 
 class VideoMambaConfig(PreTrainedConfig):
     r"""
@@ -67,10 +83,10 @@ class VideoMambaConfig(PreTrainedConfig):
         scan_implementation (`str`, *optional*, defaults to `"auto"`): Selective scan used by the mixers:
             `"reference"` (the plain sequential recurrence), `"fast"` (exact blocked pure-PyTorch scan),
             `"native"` (compiled C++ CPU kernel, built on first use; `"fast"` if it cannot be built),
-            `"cuda"` (mamba-ssm kernels), `"triton"` (Triton kernels for CUDA tensors, no extension to
-            build) or `"auto"` (for CUDA tensors the mamba-ssm kernels when installed, else Triton's when
-            installed; on CPU the native kernel when it builds and `VIDEOMAMBA_NATIVE_SCAN` is not `0`;
-            else the fast scan).
+            `"cuda"` (mamba-ssm kernels; `conv_kernel` 2 to 4 and `state_size` <= 256), `"triton"` (Triton
+            kernels for CUDA tensors, no extension to build) or `"auto"` (for CUDA tensors the mamba-ssm
+            kernels when installed and the sizes fit them, else Triton's when installed; on CPU the native
+            kernel when it builds and `VIDEOMAMBA_NATIVE_SCAN` is not `0`; else the fast scan).
         token_order (`str`, *optional*, defaults to `"spatial_first"`): Order in which the mixers scan
             the patch tokens: `"spatial_first"` (frame by frame, the paper's choice), `"temporal_first"`
             (position by position through time) or `"hybrid"` (alternating per block). Outputs are
@@ -214,6 +230,12 @@ class VideoMambaConfig(PreTrainedConfig):
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"VideoMambaConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        limits = cuda_kernel_limits_problem(self.state_size, self.conv_kernel)
+        if self.scan_implementation == "cuda" and limits:
+            raise ValueError(
+                f"VideoMambaConfig: scan_implementation='cuda' cannot run this model: {limits}. Use "
+                "scan_implementation='auto' (it falls back to 'triton' or 'fast' on GPUs) or supported sizes."
+            )
         if (self.num_aligned_layers - 1) * self.aligned_layer_interval >= self.num_hidden_layers:
             raise ValueError(
                 f"num_aligned_layers ({self.num_aligned_layers}) with interval {self.aligned_layer_interval} "

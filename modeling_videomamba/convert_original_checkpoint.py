@@ -31,6 +31,7 @@ from .convert_video_text_checkpoint import (
     save_converted_video_text,
 )
 from .modeling_videomamba import VideoMambaForImageClassification, VideoMambaForVideoClassification, VideoMambaModel
+from .model_card import push_converted, write_model_card
 from .modeling_videomamba_pretraining import VideoMambaForPreTraining
 from .original_checkpoint import (
     MULTIMODAL_PREFIX,
@@ -92,6 +93,7 @@ def convert_original_checkpoint(
     text_config=None,
     keep_temporal: bool = True,
     tokenizer=None,
+    checkpoint_name: Optional[str] = None,
 ):
     """Convert an original VideoMamba checkpoint and optionally save it with `save_pretrained`.
 
@@ -109,6 +111,8 @@ def convert_original_checkpoint(
             what the tensors do not tell (heads, activation, epsilon); default BERT-base's.
         keep_temporal: for a video-text checkpoint, pool one vector per frame (True, the zero-shot configs) or one
             per clip.
+        checkpoint_name: the released file's name, for the model card's reported results (default: the
+            checkpoint's file name when a path is given).
         tokenizer: for a video-text checkpoint, a BERT tokenizer (or a directory with its files) to save a
             `VideoMambaVideoTextProcessor` with; without it only the video processor is saved.
 
@@ -122,6 +126,7 @@ def convert_original_checkpoint(
         # Checked first: save_pretrained would only fail after the whole conversion, with an AssertionError.
         raise NotADirectoryError(f"output_dir must be a directory (or a new path); {str(output_dir)!r} is a file.")
     if not isinstance(checkpoint, Mapping):
+        checkpoint_name = checkpoint_name or Path(checkpoint).name
         checkpoint = load_original_checkpoint(checkpoint)
     state_dict = unwrap_state_dict(checkpoint)
     video_text = is_video_text_checkpoint(state_dict) and not vision_only
@@ -133,6 +138,7 @@ def convert_original_checkpoint(
         model = convert_video_text_checkpoint(state_dict, text_config, keep_temporal, num_frames, image_size)
         if output_dir is not None:
             save_converted_video_text(model, output_dir, tokenizer)
+            write_model_card(model, output_dir, checkpoint_name)
         return model
     state_dict, prefix, ignored = strip_prefix(state_dict)
 
@@ -161,6 +167,7 @@ def convert_original_checkpoint(
 
     if output_dir is not None:
         save_converted(model, output_dir)
+        write_model_card(model, output_dir, checkpoint_name)
     return model
 
 
@@ -205,6 +212,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="multimodal checkpoints: one video vector per frame (default true, as the zero-shot configs) or per clip",
     )
     parser.add_argument("--tokenizer", help="multimodal checkpoints: directory with the BERT tokenizer files to save with")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the converted directory to this Hub repository")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository as private")
     return parser.parse_args(argv)
 
 
@@ -232,6 +241,9 @@ def main(argv=None) -> None:
         tokenizer=args.tokenizer,
     )
     print(f"Saved {type(model).__name__} to {args.output_dir}")
+    if args.push_to_hub:
+        push_converted(args.output_dir, args.push_to_hub, private=args.private)
+        print(f"Uploaded {args.output_dir} to {args.push_to_hub}")
 
 
 if __name__ == "__main__":

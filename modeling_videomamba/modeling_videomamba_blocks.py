@@ -165,7 +165,12 @@ class VideoMambaMixer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, L, hidden_size) -> (B, L, hidden_size), in the compute dtype."""
-        implementation = resolve_implementation(self.config.scan_implementation, hidden_states.device)
+        implementation = resolve_implementation(
+            self.config.scan_implementation,
+            hidden_states.device,
+            state_size=self.state_size,
+            conv_kernel=self.config.conv_kernel,
+        )
         if implementation in ("fast", "native", "triton"):
             return self._forward_tokens_first(hidden_states, implementation)
         use_kernel = implementation == "cuda"

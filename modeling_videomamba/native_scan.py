@@ -33,6 +33,8 @@ from typing import Optional
 import torch
 from transformers.utils import logging
 
+from .flops import register_scan_flops
+
 logger = logging.get_logger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
@@ -396,6 +398,8 @@ def _native_backward(ctx, grad_y, grad_last_state, _grad_checkpoints):
 
 
 native_scan_forward.register_autograd(_native_backward, setup_context=_native_setup_context)
+# FlopCounterMode counts the ops by these formulas (see flops.py).
+register_scan_flops(native_scan_forward, native_scan_backward)
 
 
 def native_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):

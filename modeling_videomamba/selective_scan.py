@@ -3,9 +3,11 @@
 Contract (the same as mamba-ssm's `selective_scan_fn`):
 
     u, delta, z : (batch, dim, length)
-    A           : (dim, state)                      real, usually -exp(A_log)
-    B, C        : (batch, state, length) or (batch, groups, state, length); channel c uses group
-                  c // (dim // groups)
+    A           : (dim, state)                      real, usually -exp(A_log); complex A (mamba-ssm's
+                                                    complex mode) is refused with a ValueError
+    B, C        : (batch, state, length) or (batch, groups, state, length), channel c using group
+                  c // (dim // groups); or input-independent (dim, state). Either may be constant while
+                  the other varies; two variable ones have the same shape
     D, delta_bias : (dim,)
 
     delta <- softplus(delta + delta_bias)              (each step optional)
@@ -26,7 +28,9 @@ back in the dtype of `u`. Implementations:
 - "cuda": mamba-ssm's fused kernel (and causal-conv1d's in the mixer), imported lazily (optional extra
   `pip install .[cuda]`).
 - "triton": the "fast" layout computed by Triton kernels (CUDA tensors; no compiled extension to
-  build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`.
+  build), imported lazily (optional extra `pip install .[triton]`); see `triton_scan`. Where it cannot
+  run (not installed, or a tiny scan fails to compile or launch on the device: probed once per
+  device), one warning says why and "fast" is used instead.
 
 "fast" and "native" are torch.library custom ops (forward and backward), so torch.compile keeps each
 scan as one graph node (no graph break, no unrolled token loop) and fuses the element-wise ops around it.
@@ -37,15 +41,17 @@ of each runs there (probed once per process); otherwise, after one warning namin
 builds now (once per process; VIDEOMAMBA_NATIVE_SCAN=0 turns this off), else "fast".
 """
 
-import functools
 import importlib.util
 import math
+import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 
+from .configuration_videomamba import CUDA_CONV_WIDTHS, cuda_kernel_limits_problem
 from .configuration_videomamba import SCAN_IMPLEMENTATIONS as IMPLEMENTATIONS
+from .flops import register_scan_flops
 from .native_scan import native_scan, native_scan_available, op_namespace
 
 _NAMESPACE = op_namespace(__name__)
@@ -53,6 +59,34 @@ _NAMESPACE = op_namespace(__name__)
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _real_A(A: torch.Tensor, where: str = "selective_scan") -> None:
+    """Raise a ValueError unless A is real: the scans implement real state spaces only."""
+    if A.is_complex():
+        raise ValueError(
+            f"{where} expects a real A (float32 or float64, e.g. -exp(A_log)); got A of dtype {A.dtype}. "
+            "mamba-ssm's complex mode (complex A, B and C of length 2*L) is not supported: A must be real."
+        )
+
+
+def variable_B_C(B: torch.Tensor, C: torch.Tensor, batch: int, length: int):
+    """B and C in the variable layout every implementation takes.
+
+    Input-independent B or C of shape (dim, state) become (batch, dim, state, L) with one group per
+    channel (an expanded view: autograd sums the gradient back over batch and time); the other one,
+    if variable, is then spread to the same dim groups. Nothing changes when both are variable.
+    """
+    if B.dim() != 2 and C.dim() != 2:
+        return B, C
+    dim = B.shape[0] if B.dim() == 2 else C.shape[0]
+
+    def per_channel(BC):
+        if BC.dim() == 2:
+            return BC[None, :, :, None].expand(batch, -1, -1, length)
+        return _per_channel(BC, dim)
+
+    return per_channel(B), per_channel(C)
 
 
 def _per_channel(BC: torch.Tensor, dim: int) -> torch.Tensor:
@@ -69,6 +103,8 @@ def selective_scan_reference(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
 ):
     """The selective scan as the plain sequential recurrence (see the module docstring for shapes)."""
+    _real_A(A, "selective_scan_reference")
+    B, C = variable_B_C(B, C, u.shape[0], u.shape[-1])
     out_dtype = u.dtype
     dtype = _compute_dtype(u.dtype)
     u, delta, A = u.to(dtype), delta.to(dtype), A.to(dtype)
@@ -251,6 +287,8 @@ def _blocked_backward(ctx, grad_y, grad_last_state, _grad_checkpoints):
 
 
 blocked_scan_forward.register_autograd(_blocked_backward, setup_context=_blocked_setup_context)
+# FlopCounterMode counts the ops by these formulas (see flops.py).
+register_scan_flops(blocked_scan_forward, blocked_scan_backward)
 
 
 def selective_scan_tokens_first(
@@ -265,6 +303,7 @@ def selective_scan_tokens_first(
     """
     if implementation not in ("fast", "native", "triton"):
         raise ValueError(f"selective_scan_tokens_first supports 'fast', 'native' and 'triton'; got {implementation!r}.")
+    _real_A(A, "selective_scan_tokens_first")
     if implementation == "triton":
         from .triton_scan import selective_scan_triton
 
@@ -318,8 +357,11 @@ def selective_scan_fast(
     layout change around `selective_scan_tokens_first`, whose `implementation` ("fast", "native" or
     "triton") it passes on.
     """
+    B, C = variable_B_C(B, C, u.shape[0], u.shape[-1])
     if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
     y, last_state = selective_scan_tokens_first(
         u.transpose(1, 2),
         delta.transpose(1, 2),
@@ -336,8 +378,15 @@ def selective_scan_fast(
     return (y, last_state) if return_last_state else y
 
 
-_cuda_problem = {}  # device type -> what keeps the CUDA kernels from working ("" when they work)
+_cuda_problem = {}  # (device type, index) -> what keeps the CUDA kernels from working ("" when they work)
 _cuda_warned = False
+_limits_warned = set()  # the kernel-limit fallbacks already warned about
+
+
+def _first_line(error: BaseException) -> str:
+    """ "TypeName: first non-empty line of the message", or "TypeName" for an empty message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _probe_cuda_kernels(device: torch.device) -> str:
@@ -353,11 +402,11 @@ def _probe_cuda_kernels(device: torch.device) -> str:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception as error:  # ImportError, or an OSError/RuntimeError from a broken extension
-        missing.append(f"mamba-ssm ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+        missing.append(f"mamba-ssm ({_first_line(error)})")
     try:
         from causal_conv1d import causal_conv1d_fn
     except Exception as error:
-        missing.append(f"causal-conv1d ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+        missing.append(f"causal-conv1d ({_first_line(error)})")
     if missing:
         return "not usable: " + "; ".join(missing)
     try:
@@ -365,34 +414,107 @@ def _probe_cuda_kernels(device: torch.device) -> str:
         selective_scan_fn(x, x, -torch.ones(8, 2, device=device), x[:, :2], x[:, :2], delta_softplus=True)
         causal_conv1d_fn(x, torch.ones(8, 4, device=device), activation="silu")
     except Exception as error:
-        return f"installed, but their kernels failed on {device} ({type(error).__name__}: {str(error).splitlines()[0]})"
+        return f"installed, but their kernels failed on {device} ({_first_line(error)})"
     return ""
 
 
+def _device_key(device: torch.device) -> tuple:
+    """(type, index) of `device`, "cuda" meaning the current CUDA device: each GPU is probed on its own
+    (two GPUs of different architectures may differ in whether the kernels' build runs on them)."""
+    index = device.index
+    if index is None and device.type == "cuda":
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return device.type, index
+
+
 def cuda_kernels_problem(device=None) -> str:
-    """Why scan_implementation="cuda" cannot run on `device` (default: CUDA); "" when it can. Probed once."""
+    """Why scan_implementation="cuda" cannot run on `device` (default: the current CUDA device); "" when
+    it can. Probed once per device."""
     device = torch.device("cuda" if device is None else device)
-    if device.type not in _cuda_problem:
-        _cuda_problem[device.type] = _probe_cuda_kernels(device)
-    return _cuda_problem[device.type]
+    key = _device_key(device)
+    if key not in _cuda_problem:
+        _cuda_problem[key] = _probe_cuda_kernels(torch.device(*key) if key[1] is not None else device)
+    return _cuda_problem[key]
 
 
-def cuda_kernels_available() -> bool:
+def cuda_kernels_available(device=None) -> bool:
     """Whether mamba-ssm's and causal-conv1d's kernels run here: both import, their extensions load and
-    a tiny call of each runs on the CUDA device (probed once per process)."""
-    return torch.cuda.is_available() and not cuda_kernels_problem()
+    a tiny call of each runs on the CUDA device (probed once per process and device)."""
+    return torch.cuda.is_available() and not cuda_kernels_problem(device)
 
 
-@functools.cache
-def triton_available() -> bool:
-    """Whether the Triton scan can run here: Triton imports and a CUDA device is present (probed once)."""
-    if not torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
-        return False
+_triton_problem = {}  # (device, TRITON_INTERPRET) -> what keeps the Triton scan from running ("" when it runs)
+_triton_warned = set()
+
+
+def _triton_smoke_test(device: torch.device):
+    """A tiny Triton scan on `device`, forward and backward: compiles and launches every kernel once."""
+    from .triton_scan import selective_scan_triton
+
+    x = torch.randn(1, 3, 2, device=device, requires_grad=True)
+    bc = torch.randn(1, 3, 1, 2, device=device)
+    y, _ = selective_scan_triton(x, x, -torch.ones(2, 2, device=device), bc, bc, delta_softplus=True)
+    y.sum().backward()
+
+
+def _probe_triton(device: torch.device) -> str:
+    """What keeps the Triton scan from running on `device`; "" when it runs.
+
+    Triton must be installed and import, and (for CUDA) a tiny scan must compile and run on the device:
+    a machine without a working compiler toolchain or driver fails only then.
+    """
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (`pip install .[triton]`)"
     try:
-        import triton.language  # noqa: F401
-    except Exception:  # a broken install must not break "auto"; it falls back to the PyTorch scans
-        return False
-    return True
+        from .triton_scan import interpreting
+    except Exception as error:  # ImportError, or a broken install failing inside triton's own imports
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        return f"triton is installed but does not import ({type(error).__name__}: {first_line})"
+    if device.type != "cuda":
+        if interpreting():
+            return ""
+        return (
+            f"its kernels need CUDA tensors, got tensors on {device} (TRITON_INTERPRET=1, set before triton is first "
+            "imported, runs them on CPU through Triton's slow interpreter)"
+        )
+    if not torch.cuda.is_available():
+        return "no CUDA device is available"
+    try:
+        _triton_smoke_test(device)
+    except Exception as error:
+        message = str(error).strip().splitlines()
+        return f"its kernels failed on {device} ({type(error).__name__}: {message[0] if message else ''})"
+    return ""
+
+
+def triton_problem(device=None) -> str:
+    """Why scan_implementation="triton" cannot run on `device` (default: CUDA); "" when it can. Probed once."""
+    device = torch.device("cuda" if device is None else device)
+    key = (str(device), os.environ.get("TRITON_INTERPRET"))
+    if key not in _triton_problem:
+        _triton_problem[key] = _probe_triton(device)
+    return _triton_problem[key]
+
+
+def triton_available(device=None) -> bool:
+    """Whether the Triton scan runs on `device` (default: CUDA): Triton imports and, on CUDA, a tiny scan
+    compiles and runs there (probed once per device)."""
+    return not triton_problem(device)
+
+
+def _triton_or_fast(device: torch.device) -> str:
+    """An explicit "triton": kept where Triton runs, else "fast" after one warning saying why."""
+    problem = triton_problem(device)
+    if not problem:
+        return "triton"
+    if problem not in _triton_warned:
+        _triton_warned.add(problem)
+        warnings.warn(
+            f"scan_implementation='triton' cannot run on {device}: {problem}; using the 'fast' (PyTorch) scan instead.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return "fast"
 
 
 def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
@@ -404,14 +526,30 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     )
 
 
-def _auto_on_cuda() -> str:
-    """"auto" for CUDA tensors: the mamba-ssm kernels when they run here, else (after one warning) the
-    Triton scan when Triton is usable, else "fast"."""
+def _fallback_on_cuda(device: torch.device) -> str:
+    """What "auto" uses on CUDA tensors on `device` when the mamba-ssm kernels cannot serve."""
+    return "triton" if triton_available(device) else "fast"
+
+
+def _auto_on_cuda(device: torch.device, state_size=None, conv_kernel=None) -> str:
+    """"auto" for CUDA tensors: the mamba-ssm kernels when they run on `device` and support the model's
+    sizes, else (after one warning saying why) the Triton scan when Triton is usable, else "fast"."""
     global _cuda_warned
-    problem = cuda_kernels_problem()
+    limits = cuda_kernel_limits_problem(state_size, conv_kernel)
+    if limits and limits not in _limits_warned:
+        _limits_warned.add(limits)
+        warnings.warn(
+            f"scan_implementation='auto': the mamba-ssm / causal-conv1d CUDA kernels do not fit this model "
+            f"({limits}); using the {_fallback_on_cuda(device)!r} scan instead.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if limits:
+        return _fallback_on_cuda(device)
+    problem = cuda_kernels_problem(device)
     if not problem:
         return "cuda"
-    fallback = "triton" if triton_available() else "fast"
+    fallback = _fallback_on_cuda(device)
     if not _cuda_warned:
         _cuda_warned = True
         warnings.warn(
@@ -426,23 +564,35 @@ def _auto_on_cuda() -> str:
 # Under torch.compile the choice is made once while tracing (it may build or probe the kernels,
 # which dynamo cannot trace) and baked into the graph as a constant.
 @torch.compiler.assume_constant_result
-def resolve_implementation(implementation: str, device: torch.device) -> str:
-    """Map "auto" to a concrete implementation for tensors on `device`; check that "cuda" can run there."""
+def resolve_implementation(implementation: str, device: torch.device, state_size=None, conv_kernel=None) -> str:
+    """Map "auto" to a concrete implementation for tensors on `device`; check that "cuda" can run there.
+
+    `state_size` and `conv_kernel` (the model's, when known) are checked against what the CUDA kernels
+    support: "auto" then falls back (one warning) and "cuda" raises a ValueError.
+    """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"Unknown selective-scan implementation {implementation!r}; expected one of {IMPLEMENTATIONS}.")
     if implementation == "auto":
         if device.type == "cuda":
-            return _auto_on_cuda()
+            return _auto_on_cuda(device, state_size, conv_kernel)
         return "native" if device.type == "cpu" and native_scan_available() else "fast"
     if implementation == "cuda":
         if device.type != "cuda":
             raise ValueError(f"scan_implementation='cuda' needs CUDA tensors; got tensors on {device}.")
+        limits = cuda_kernel_limits_problem(state_size, conv_kernel)
+        if limits:
+            raise ValueError(
+                f"scan_implementation='cuda': {limits}. Use scan_implementation='auto' (falls back to "
+                "'triton' or 'fast') or sizes the kernels support."
+            )
         problem = cuda_kernels_problem(device)
         if problem:
             raise ImportError(
                 f"scan_implementation='cuda': the mamba-ssm / causal-conv1d kernels are {problem}. Install both "
                 "with `pip install .[cuda]`, or use scan_implementation='auto' to fall back."
             )
+    if implementation == "triton":
+        return _triton_or_fast(device)
     if implementation == "native" and device.type == "cpu" and not native_scan_available():
         return "fast"  # native_scan_available() has warned once
     return implementation
@@ -453,15 +603,24 @@ def _check_optional_shapes(u, A, B, C, D, z, delta_bias):
     batch, dim, length = u.shape
     state = A.shape[1]
     for name, BC in (("B", B), ("C", C)):
+        if BC.is_complex():
+            raise ValueError(
+                f"selective_scan expects a real {name}; got {BC.dtype}. mamba-ssm's complex mode (complex A, B "
+                "and C) is not supported: A, B and C must be real."
+            )
         grouped = BC.dim() == 4
-        ok = BC.dim() in (3, 4) and (BC.shape[0], BC.shape[-2], BC.shape[-1]) == (batch, state, length)
-        if not ok or (grouped and (BC.shape[1] == 0 or dim % BC.shape[1])):
+        constant = BC.dim() == 2 and tuple(BC.shape) == (dim, state)
+        variable = BC.dim() in (3, 4) and (BC.shape[0], BC.shape[-2], BC.shape[-1]) == (batch, state, length)
+        if not (constant or variable) or (grouped and (BC.shape[1] == 0 or dim % BC.shape[1])):
             raise ValueError(
                 f"selective_scan expects {name} of shape ({batch}, {state}, {length}) or ({batch}, groups, {state}, "
-                f"{length}) with groups dividing dim={dim}; got {tuple(BC.shape)}."
+                f"{length}) with groups dividing dim={dim}, or input-independent ({dim}, {state}); got "
+                f"{tuple(BC.shape)}."
             )
-    if B.shape != C.shape:
-        raise ValueError(f"selective_scan expects B and C of the same shape; got {tuple(B.shape)} and {tuple(C.shape)}.")
+    if B.dim() != 2 and C.dim() != 2 and B.shape != C.shape:
+        raise ValueError(
+            f"selective_scan expects variable B and C of the same shape; got {tuple(B.shape)} and {tuple(C.shape)}."
+        )
     for name, vector in (("D", D), ("delta_bias", delta_bias)):
         if vector is not None and tuple(vector.shape) != (dim,):
             raise ValueError(f"selective_scan expects {name} of shape ({dim},); got {tuple(vector.shape)}.")
@@ -475,7 +634,8 @@ def selective_scan(
 ):
     """The selective scan, a drop-in for mamba-ssm's `selective_scan_fn` (shapes in the module docstring).
 
-    Returns `y` (batch, dim, length) in the dtype of `u`, and with `return_last_state=True` also the
+    Its whole contract on every implementation: variable, grouped or input-independent (dim, state)
+    B and C, fp32/fp16/bf16 inputs; A must be real (complex A raises a ValueError). Returns `y` (batch, dim, length) in the dtype of `u`, and with `return_last_state=True` also the
     final state (batch, dim, state) in float32 (float64 for float64 inputs).
     """
     if u.dim() != 3 or delta.shape != u.shape or u.shape[-1] == 0:
@@ -485,8 +645,9 @@ def selective_scan(
         )
     if A.dim() != 2 or A.shape[0] != u.shape[1]:
         raise ValueError(f"selective_scan expects A of shape ({u.shape[1]}, state); got {tuple(A.shape)}.")
+    _real_A(A)
     _check_optional_shapes(u, A, B, C, D, z, delta_bias)
-    implementation = resolve_implementation(implementation, u.device)
+    implementation = resolve_implementation(implementation, u.device, state_size=A.shape[1])
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if implementation == "cuda":
         return _selective_scan_cuda(*args)
@@ -495,17 +656,42 @@ def selective_scan(
     return selective_scan_reference(*args)
 
 
+def _conv_kernel_layout(x: torch.Tensor) -> torch.Tensor:
+    """x (batch, dim, length) in a layout causal-conv1d's kernels handle: `x` itself when it has one,
+    else a channel-first contiguous copy.
+
+    The kernels read x as channel-first (stride 1 along the length) or channel-last (stride 1 along the
+    channels); channel-last needs dim and the other two strides divisible by 8, and both read 16-byte
+    vectors, so the data must start 16-byte aligned. The mixer's x is a channel-last view of the
+    input projection (stride 2 * dim along the length), which fails those checks for some widths.
+    """
+    batch, dim, length = x.shape
+    # (the storage itself is allocated aligned; data_ptr() would fail on torch.compile's fake tensors)
+    aligned = x.storage_offset() * x.element_size() % 16 == 0
+    if x.stride(1) == 1 and x.stride(2) > 1:  # what the kernel takes for channel-last
+        fits = dim % 8 == 0 and x.stride(2) % 8 == 0 and x.stride(0) % 8 == 0
+    else:
+        fits = x.is_contiguous()
+    if fits and aligned:
+        return x
+    # clone, not contiguous(): a length-1 x can count as contiguous yet look channel-last to the kernel.
+    return x.clone(memory_format=torch.contiguous_format)
+
+
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor = None, use_kernel: bool = False):
     """SiLU(causal depthwise conv1d(x)): x (batch, dim, length), weight (dim, kernel), bias (dim,).
 
     Left zero-padding by kernel - 1, so output t sees inputs t - kernel + 1 .. t. With `use_kernel` the
-    causal-conv1d CUDA kernel is used (CUDA tensors, package installed).
+    causal-conv1d CUDA kernel is used (CUDA tensors, package installed; kernel widths 2 to 4), on `x`
+    or a copy of it in a layout the kernel accepts.
     """
+    kernel = weight.shape[-1]
     if use_kernel:
+        if kernel not in CUDA_CONV_WIDTHS:
+            raise ValueError(f"causal-conv1d's kernel supports widths {CUDA_CONV_WIDTHS}; got a width-{kernel} weight.")
         from causal_conv1d import causal_conv1d_fn
 
-        return causal_conv1d_fn(x, weight, bias, activation="silu")
-    kernel = weight.shape[-1]
+        return causal_conv1d_fn(_conv_kernel_layout(x), weight, bias, activation="silu")
     out = F.conv1d(F.pad(x, (kernel - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
     return F.silu(out)
 
@@ -536,8 +722,10 @@ __all__ = [
     "selective_scan_tokens_first",
     "causal_conv1d",
     "causal_conv1d_tokens_first",
+    "cuda_kernel_limits_problem",
     "cuda_kernels_available",
     "cuda_kernels_problem",
     "native_scan_available",
     "triton_available",
+    "triton_problem",
 ]

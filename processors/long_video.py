@@ -68,6 +68,64 @@ def _top_k(probs, id2label, top_k):
     return [{"score": score, "label": id2label[i]} for score, i in zip(scores.tolist(), ids.tolist())]
 
 
+def run_windows(model_call, video_processor, source, window_seconds=10.0, stride_seconds=None, frames_per_window=None,
+                batch_size=4, keep_coded_frames=False):
+    """Cut `source` into windows and run `model_call` on batches of them, decoding the video once.
+
+    `model_call(pixel_values)` takes a batch (n, frames_per_window, 3, H, W) of prepared windows and returns n
+    per-window results (a tensor with a leading axis of n, or a list). Returns `(spans, results, duration)`:
+    the windows' (start, end) in seconds from the first frame and their results, in time order.
+    """
+    frames_per_window = frames_per_window or video_processor.num_frames
+
+    def prepare(frame):
+        """RGB (H, W, 3) -> normalised (3, h, w) with the processor's evaluation transform."""
+        out = video_processor(
+            frame[None], do_sample_frames=False, num_temporal_clips=1, num_spatial_crops=1, return_tensors="pt",
+            input_data_format="channels_last",
+        )
+        return out["pixel_values"][0, 0]
+
+    def run_all(reader):
+        spans = window_spans(reader.timeline.duration, window_seconds, stride_seconds)
+        windows = [
+            segment_times(reader.timeline, frames_per_window, start=start, end=end)[0].tolist()
+            for start, end in spans
+        ]
+        last_use = {index: w for w, indices in enumerate(windows) for index in indices}
+        kept, results, pending, ready = {}, [], [], 0
+
+        def run(clips):
+            results.extend(model_call(torch.stack(clips)))
+
+        for index, frame in reader.frames(sorted(last_use)):
+            kept[index] = prepare(frame)
+            del frame
+            _return_freed_memory()  # the decoded frame, now that its prepared copy is kept
+            # Windows are in time order, so each completes no later than the next one.
+            while ready < len(windows) and windows[ready][-1] <= index:
+                pending.append(torch.stack([kept[i] for i in windows[ready]]))
+                for i in set(windows[ready]):
+                    if last_use[i] == ready:
+                        del kept[i]
+                ready += 1
+                if len(pending) == batch_size:
+                    run(pending)
+                    pending = []
+        if pending:
+            run(pending)
+        return spans, results
+
+    (spans, results), reader = read_with_fallback(source, run_all, keep_coded_frames)
+    return spans, results, reader.timeline.duration
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's first parameter (CPU for parameterless callables)."""
+    parameter = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def classify_long_video(
     model, video_processor, source, window_seconds=10.0, stride_seconds=None, frames_per_window=None, top_k=5,
@@ -93,57 +151,23 @@ def classify_long_video(
     """
     frames_per_window = frames_per_window or video_processor.num_frames
     id2label = model.config.id2label
-    parameter = next(model.parameters(), None) if hasattr(model, "parameters") else None
-    device = parameter.device if parameter is not None else torch.device("cpu")
+    device = model_device(model)
 
-    def prepare(frame):
-        """RGB (H, W, 3) -> normalised (3, h, w) with the processor's evaluation transform."""
-        out = video_processor(
-            frame[None], do_sample_frames=False, num_temporal_clips=1, num_spatial_crops=1, return_tensors="pt",
-            input_data_format="channels_last",
-        )
-        return out["pixel_values"][0, 0]
+    def probabilities(pixel_values):
+        return model(pixel_values=pixel_values.to(device)).logits.float().softmax(-1).cpu()
 
-    def classify(reader):
-        spans = window_spans(reader.timeline.duration, window_seconds, stride_seconds)
-        windows = [
-            segment_times(reader.timeline, frames_per_window, start=start, end=end)[0].tolist()
-            for start, end in spans
-        ]
-        last_use = {index: w for w, indices in enumerate(windows) for index in indices}
-        kept, probs, pending, ready = {}, [], [], 0
-
-        def run(clips):
-            logits = model(pixel_values=torch.stack(clips).to(device)).logits
-            probs.extend(logits.float().softmax(-1).cpu())
-
-        for index, frame in reader.frames(sorted(last_use)):
-            kept[index] = prepare(frame)
-            del frame
-            _return_freed_memory()  # the decoded frame, now that its prepared copy is kept
-            # Windows are in time order, so each completes no later than the next one.
-            while ready < len(windows) and windows[ready][-1] <= index:
-                pending.append(torch.stack([kept[i] for i in windows[ready]]))
-                for i in set(windows[ready]):
-                    if last_use[i] == ready:
-                        del kept[i]
-                ready += 1
-                if len(pending) == batch_size:
-                    run(pending)
-                    pending = []
-        if pending:
-            run(pending)
-        return spans, probs
-
-    (spans, probs), reader = read_with_fallback(source, classify, keep_coded_frames)
+    spans, probs, duration = run_windows(
+        probabilities, video_processor, source, window_seconds, stride_seconds, frames_per_window, batch_size,
+        keep_coded_frames,
+    )
     return {
         "windows": [
             {"start": start, "end": end, "labels": _top_k(p, id2label, top_k)} for (start, end), p in zip(spans, probs)
         ],
         "video": _top_k(torch.stack(probs).mean(0), id2label, top_k),
-        "duration": reader.timeline.duration,
+        "duration": duration,
         "frames_per_window": frames_per_window,
     }
 
 
-__all__ = ["classify_long_video", "window_spans"]
+__all__ = ["classify_long_video", "model_device", "run_windows", "window_spans"]

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-# What each compiled kernel received, appended per call: [(function name, {argument: (shape, dtype, strides)})].
+# What each compiled kernel received, appended per call:
+# [(function name, {argument: (shape, dtype, strides, storage offset)})].
 CALLS = []
 
 _SCAN_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -31,7 +32,9 @@ def packages_missing() -> str:
 
 
 def _describe(**tensors):
-    return {name: (tuple(t.shape), t.dtype, t.stride()) for name, t in tensors.items() if t is not None}
+    return {
+        name: (tuple(t.shape), t.dtype, t.stride(), t.storage_offset()) for name, t in tensors.items() if t is not None
+    }
 
 
 def _check(condition, message):
@@ -47,7 +50,8 @@ def _check_scan_arguments(u, delta, A, B, C, D, z, delta_bias):
     _check(delta.dtype == u.dtype, f"delta dtype {delta.dtype} != u dtype {u.dtype}")
     _check(u.stride(-1) == 1 and delta.stride(-1) == 1, "u and delta need stride 1 along the length")
     _check(tuple(delta.shape) == (batch, dim, length), f"delta shape {tuple(delta.shape)}")
-    _check(A.dim() == 2 and A.shape[0] == dim and A.shape[1] <= 256, f"A shape {tuple(A.shape)}")
+    _check(A.dim() == 2 and A.shape[0] == dim, f"A shape {tuple(A.shape)}")
+    _check(A.shape[1] <= 256, f"selective_scan only supports state dimension <= 256, got {A.shape[1]}")
     for name, BC in (("B", B), ("C", C)):
         # The Python wrapper turns (batch, N, L) into (batch, 1, N, L) before calling the kernel.
         _check(BC.dim() == 4 and BC.shape[0] == batch and BC.shape[2:] == (A.shape[1], length), f"{name} shape")
@@ -94,15 +98,46 @@ def _selective_scan_stand_in():
     return types.SimpleNamespace(fwd=fwd, bwd=bwd)
 
 
+def _vector_elements(t):
+    """Elements per 16-byte vector the conv kernels load (4 in fp32, 8 in 16-bit types)."""
+    return 4 if t.element_size() == 4 else 8
+
+
+def _is_channel_last(x):
+    return x.stride(1) == 1 and x.stride(2) > 1
+
+
+def _check_conv_layout(name, t, channel_last):
+    """What the kernels assume of x, out, dout and dx beyond what causal_conv1d.cpp checks: the
+    channel-first kernel indexes the length with stride 1, the channel-last one the channels with
+    stride 1, and both move 16-byte vectors (channel-first only when the length is a multiple of the
+    vector), so every vector must start 16-byte aligned."""
+    batch, dim, length = t.shape
+    vector = _vector_elements(t)
+    _check(t.storage_offset() % vector == 0,
+           f"{name} starts {t.storage_offset()} elements into its storage, not 16-byte aligned")
+    if channel_last:
+        _check(t.stride(1) == 1, f"channel-last {name} needs stride 1 along the channels, got strides {t.stride()}")
+        _check(t.stride(0) % 8 == 0 and t.stride(2) % 8 == 0,
+               f"channel-last {name} strides {t.stride()} not multiples of 8")
+    else:
+        _check(t.stride(2) == 1 or length == 1,
+               f"channel-first {name} needs stride 1 along the length, got {t.stride()}")
+        if length % vector == 0:
+            _check(t.stride(0) % vector == 0 and t.stride(1) % vector == 0,
+                   f"channel-first {name} strides {t.stride()} break the kernel's 16-byte vector loads")
+
+
 def _check_conv_arguments(x, weight, bias):
     """The checks of causal-conv1d's csrc/causal_conv1d.cpp, device aside."""
     batch, dim, length = x.shape
     _check(x.dtype in _SCAN_INPUT_DTYPES and weight.dtype in _SCAN_INPUT_DTYPES, "x / weight dtype")
-    _check(weight.dim() == 2 and weight.shape[0] == dim and 2 <= weight.shape[1] <= 4, f"weight {tuple(weight.shape)}")
+    _check(weight.dim() == 2 and weight.shape[0] == dim, f"weight {tuple(weight.shape)}")
+    _check(2 <= weight.shape[1] <= 4, f"causal_conv1d only supports width between 2 and 4, got {weight.shape[1]}")
     _check(x.stride(2) == 1 or x.stride(1) == 1, f"x strides {x.stride()}")
-    if x.stride(1) == 1 and x.stride(2) > 1:  # channel-last layout
-        _check(dim % 8 == 0, f"channel-last x needs dim % 8 == 0, got {dim}")
-        _check(x.stride(2) % 8 == 0 and x.stride(0) % 8 == 0, f"channel-last x strides {x.stride()}")
+    if _is_channel_last(x):
+        _check(dim % 8 == 0, f"causal_conv1d only supports channel dimension divisible by 8, got {dim}")
+    _check_conv_layout("x", x, _is_channel_last(x))
     if bias is not None:
         _check(bias.dtype == weight.dtype and bias.stride(-1) == 1 and tuple(bias.shape) == (dim,), "bias")
 
@@ -112,7 +147,9 @@ def _causal_conv1d_stand_in():
 
     def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu_activation):
         _check_conv_arguments(x, weight, bias)
-        CALLS.append(("causal_conv1d_fwd", _describe(x=x, weight=weight, bias=bias)))
+        _check(out.shape == x.shape and out.dtype == x.dtype, "out")
+        _check_conv_layout("out", out, _is_channel_last(x))
+        CALLS.append(("causal_conv1d_fwd", _describe(x=x, weight=weight, bias=bias, out=out)))
         out.copy_(causal_conv1d_ref(x, weight, bias, initial_states, activation="silu" if silu_activation else None))
 
     def causal_conv1d_bwd(
@@ -120,7 +157,16 @@ def _causal_conv1d_stand_in():
         silu_activation,
     ):
         _check_conv_arguments(x, weight, bias)
-        CALLS.append(("causal_conv1d_bwd", _describe(x=x, dout=dout)))
+        channel_last = _is_channel_last(x)
+        # causal_conv1d.cpp makes dout match x's layout before checking it
+        if not channel_last and dout.stride(2) != 1:
+            dout = dout.contiguous()
+        if channel_last and dout.stride(1) != 1:
+            dout = dout.transpose(-1, -2).contiguous().transpose(-1, -2)
+        _check_conv_layout("dout", dout, channel_last)
+        _check(dx.shape == x.shape and dx.dtype == x.dtype, "dx")
+        _check_conv_layout("dx", dx, channel_last)
+        CALLS.append(("causal_conv1d_bwd", _describe(x=x, dout=dout, dx=dx)))
         leaves = [t.detach().requires_grad_() for t in (x, weight) + ((bias,) if bias is not None else ())]
 
         def gradients():
@@ -139,6 +185,41 @@ def _causal_conv1d_stand_in():
             dbias.copy_(grads[2])
 
     return types.SimpleNamespace(causal_conv1d_fwd=causal_conv1d_fwd, causal_conv1d_bwd=causal_conv1d_bwd)
+
+
+def _mixer_view(batch, length, dim, **device):
+    """x as the mixer hands it to the conv: a channel-last view (batch, dim, length) of the input projection."""
+    return torch.randn(batch, length, 2 * dim, **device).transpose(1, 2).chunk(2, dim=1)[0]
+
+
+def _misaligned(batch, dim, length, **device):
+    """Channel-first contiguous, but starting one element into its storage (not 16-byte aligned)."""
+    return torch.randn(batch * dim * length + 1, **device)[1:].view(batch, dim, length)
+
+
+# Inputs of causal_conv1d(..., use_kernel=True): name -> (x factory taking device=..., whether the
+# kernel may take x as it is). tests/test_cuda_path_contract.py runs them through the stand-ins,
+# tests/test_selective_scan.py (gpu) through the real kernel.
+CONV_LAYOUTS = {
+    "mixer view, dim % 8 == 0": (lambda **device: _mixer_view(2, 9, 16, **device), True),
+    "mixer view, dim % 8 != 0": (lambda **device: _mixer_view(2, 9, 12, **device), False),
+    "length 1, looks channel-last": (lambda **device: _mixer_view(1, 1, 12, **device), False),
+    "not 16-byte aligned": (lambda **device: _misaligned(2, 12, 8, **device), False),
+    "channel-first contiguous": (lambda **device: torch.randn(2, 12, 9, **device), True),
+}
+
+
+def conv_output_and_grads(x, weight, bias, use_kernel):
+    """[out, dx's storage, dweight, dbias] of causal_conv1d on x (its strides and offset kept: the
+    gradient is taken w.r.t. x's whole storage) with loss sum(out^2)."""
+    from modeling_videomamba.selective_scan import causal_conv1d
+
+    storage = x if x._base is None else x._base
+    leaves = [t.detach().clone().requires_grad_() for t in (storage, weight, bias)]
+    out = causal_conv1d(leaves[0].as_strided(x.size(), x.stride(), x.storage_offset()), *leaves[1:],
+                        use_kernel=use_kernel)
+    out.float().square().sum().backward()
+    return [out] + [leaf.grad for leaf in leaves]
 
 
 def _bare_package(name):

@@ -54,11 +54,19 @@ def test_unknown_preset_is_named():
         ({"modality": "audio"}, "modality"),
         ({"dt_init": "zeros"}, "dt_init"),
         ({"use_mean_pooling": "yes"}, "use_mean_pooling"),
+        ({"scan_implementation": "cuda", "conv_kernel": 5}, r"'cuda' cannot run.*conv widths \(2, 3, 4\), got conv_kernel=5"),
+        ({"scan_implementation": "cuda", "state_size": 512}, r"'cuda' cannot run.*state sizes <= 256, got state_size=512"),
     ],
 )
 def test_invalid_values_are_refused_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
         VideoMambaConfig(**kwargs)
+
+
+def test_sizes_the_cuda_kernels_lack_are_fine_for_other_scans():
+    # "auto" falls back at run time (tests/test_selective_scan.py); only an explicit "cuda" is refused.
+    for scan in ("auto", "fast", "triton"):
+        assert VideoMambaConfig(scan_implementation=scan, conv_kernel=5, state_size=512).conv_kernel == 5
 
 
 def test_round_trip_keeps_fields_and_writes_auto_map(tmp_path):

@@ -12,11 +12,11 @@ import importlib
 
 import pytest
 import torch
-from cuda_kernel_stand_ins import CALLS, install, packages_missing, uninstall
+from cuda_kernel_stand_ins import CALLS, CONV_LAYOUTS, conv_output_and_grads, install, packages_missing, uninstall
 from test_selective_scan import assert_close_relative, make_inputs, outputs_and_grads, set_scan
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification
-from modeling_videomamba import modeling_videomamba as modeling
+from modeling_videomamba import modeling_videomamba_blocks as blocks
 
 # The package re-exports the function `selective_scan`, which shadows the submodule's attribute name.
 scan_module = importlib.import_module("modeling_videomamba.selective_scan")
@@ -37,22 +37,23 @@ def kernels():
 
 @pytest.fixture
 def on_cuda_path(kernels, monkeypatch):
-    """The mixer takes its "cuda" path on CPU tensors: the device check alone is bypassed."""
+    """The mixer takes its "cuda" path on CPU tensors: the device check alone is bypassed (a "cuda"
+    request is resolved as for a CUDA device whose kernel probe passed, so the size limits still apply)."""
     real = scan_module.resolve_implementation
+    monkeypatch.setitem(scan_module._cuda_problem, ("cuda", 0), "")
 
-    def resolve(implementation, device):
-        return "cuda" if implementation == "cuda" else real(implementation, device)
+    def resolve(implementation, device, **sizes):
+        return real(implementation, torch.device("cuda") if implementation == "cuda" else device, **sizes)
 
-    monkeypatch.setattr(modeling, "resolve_implementation", resolve)
+    monkeypatch.setattr(blocks, "resolve_implementation", resolve)
     monkeypatch.setattr(scan_module, "resolve_implementation", resolve)
     CALLS.clear()
 
 
 def tiny_model(**overrides):
     torch.manual_seed(0)
-    config = VideoMambaConfig(
-        hidden_size=32, num_hidden_layers=2, image_size=32, patch_size=8, num_frames=4, num_labels=5, **overrides
-    )
+    sizes = dict(hidden_size=32, num_hidden_layers=2, image_size=32, patch_size=8, num_frames=4, num_labels=5)
+    config = VideoMambaConfig(**{**sizes, **overrides})
     return VideoMambaForVideoClassification(config)
 
 
@@ -64,9 +65,17 @@ def logits_and_grads(model, implementation, pixel_values):
     return logits.detach(), {name: param.grad.clone() for name, param in model.named_parameters()}
 
 
-@pytest.mark.parametrize("token_order", ["spatial_first", "temporal_first"])
-def test_model_cuda_path_matches_fast_path_fp32(on_cuda_path, token_order):
-    model = tiny_model(token_order=token_order)
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"token_order": "spatial_first"},
+        {"token_order": "temporal_first"},
+        # inner width 36, not a multiple of 8: the mixer's channel-last view must reach the conv as a copy
+        {"hidden_size": 18},
+    ],
+)
+def test_model_cuda_path_matches_fast_path_fp32(on_cuda_path, overrides):
+    model = tiny_model(**overrides)
     pixel_values = torch.randn(2, 4, 3, 32, 32)
     ref_logits, ref_grads = logits_and_grads(model, "fast", pixel_values)
     logits, grads = logits_and_grads(model, "cuda", pixel_values)
@@ -145,12 +154,59 @@ def test_probe_accepts_working_kernels_and_names_what_is_missing(kernels, monkey
     assert "causal-conv1d" in problem and "mamba-ssm" not in problem
 
 
-def test_probe_reports_a_failing_kernel(kernels, monkeypatch):
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore"),
+         "(RuntimeError: CUDA error: no kernel image is available for execution on the device)"),
+        (RuntimeError(), "(RuntimeError)"),  # an empty message is named by its type alone
+        (RuntimeError("\n\n  "), "(RuntimeError)"),
+    ],
+)
+def test_probe_reports_a_failing_kernel(kernels, monkeypatch, error, expected):
     import selective_scan_cuda
 
     def broken(*args):
-        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+        raise error
 
     monkeypatch.setattr(selective_scan_cuda, "fwd", broken)
     problem = scan_module._probe_cuda_kernels(torch.device("cpu"))
-    assert problem.startswith("installed, but their kernels failed") and "no kernel image" in problem
+    assert problem == f"installed, but their kernels failed on cpu {expected}"
+
+
+@pytest.mark.parametrize("layout", list(CONV_LAYOUTS))
+def test_conv_kernel_gets_a_layout_it_accepts(kernels, layout):
+    make, usable_as_is = CONV_LAYOUTS[layout]
+    torch.manual_seed(0)
+    x = make()
+    dim = x.shape[1]
+    weight, bias = torch.randn(dim, 4), torch.randn(dim)
+    from causal_conv1d import causal_conv1d_fn
+
+    if not usable_as_is:  # the stand-in's contract checks are live: the raw layout is refused
+        with pytest.raises(RuntimeError, match="contract violated"):
+            causal_conv1d_fn(x, weight, bias, activation="silu")
+    CALLS.clear()
+    actual, expected = (conv_output_and_grads(x, weight, bias, use_kernel) for use_kernel in (True, False))
+    for name, a, e in zip(("out", "dx", "dweight", "dbias"), actual, expected):
+        assert_close_relative(a, e, 1e-5, f"conv {name}")
+    assert [name for name, _ in CALLS] == ["causal_conv1d_fwd", "causal_conv1d_bwd"]
+    given = CALLS[0][1]["x"]
+    as_is = given[2:] == (x.stride(), x.storage_offset())
+    assert as_is == usable_as_is, f"{layout}: the kernel got strides {given[2]}, offset {given[3]}"
+
+
+def test_conv_kernel_refuses_widths_it_lacks(kernels):
+    x = torch.randn(1, 8, 6)
+    with pytest.raises(ValueError, match=r"widths \(2, 3, 4\); got a width-5 weight"):
+        scan_module.causal_conv1d(x, torch.randn(8, 5), use_kernel=True)
+
+
+def test_scan_kernel_state_limit_is_refused_before_the_kernel(on_cuda_path, monkeypatch):
+    monkeypatch.setattr(scan_module, "_limits_warned", set())
+    inputs = make_inputs(1, 4, 5, 257, None)
+    with pytest.raises(ValueError, match=r"state sizes <= 256, got state_size=257"):
+        scan_module.selective_scan(**inputs, implementation="cuda")
+    assert not CALLS
+    with pytest.warns(RuntimeWarning, match=r"do not fit this model \(mamba-ssm's scan supports state sizes"):
+        assert scan_module.resolve_implementation("auto", torch.device("cuda"), state_size=257) == "fast"

@@ -1,10 +1,13 @@
 """The fast selective scan against the plain sequential recurrence (`selective_scan_reference`)."""
 
 import importlib
+import importlib.abc
+import sys
 import warnings
 
 import pytest
 import torch
+from cuda_kernel_stand_ins import CONV_LAYOUTS, conv_output_and_grads
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification
 from modeling_videomamba.selective_scan import (
@@ -279,6 +282,7 @@ def unprobed(monkeypatch):
     """A process that has not probed the CUDA kernels nor warned yet (restored after the test)."""
     monkeypatch.setattr(scan_module, "_cuda_problem", {})
     monkeypatch.setattr(scan_module, "_cuda_warned", False)
+    monkeypatch.setattr(scan_module, "_limits_warned", set())
 
 
 def test_auto_on_cuda_falls_back_once_naming_what_is_missing(unprobed, monkeypatch):
@@ -308,6 +312,60 @@ def test_auto_on_cuda_picks_the_kernels_when_the_probe_passes(unprobed, monkeypa
         assert scan_module.resolve_implementation("cuda", torch.device("cuda")) == "cuda"
 
 
+def test_each_gpu_is_probed_on_its_own(unprobed, monkeypatch):
+    # A fake second GPU on which the kernels' build does not run (another architecture).
+    probed = []
+
+    def probe(device):
+        probed.append(device)
+        return "installed, but their kernels failed on cuda:1 (RuntimeError)" if device.index == 1 else ""
+
+    monkeypatch.setattr(scan_module, "_probe_cuda_kernels", probe)
+    with pytest.warns(RuntimeWarning, match="failed on cuda:1"):
+        assert scan_module.resolve_implementation("auto", torch.device("cuda", 1)) == "fast"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_module.resolve_implementation("auto", torch.device("cuda", 0)) == "cuda"
+        # "cuda" without an index is the current device: here cuda:1, already probed.
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+        assert scan_module.cuda_kernels_problem() == scan_module.cuda_kernels_problem("cuda:1") != ""
+        assert scan_module.cuda_kernels_problem("cuda:0") == ""
+    assert probed == [torch.device("cuda", 1), torch.device("cuda", 0)]
+
+
+def test_probe_names_an_exception_with_an_empty_message(unprobed, monkeypatch):
+    class BrokenExtension(importlib.abc.MetaPathFinder):
+        """Importing either package raises an exception whose message is empty."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("mamba_ssm", "causal_conv1d"):
+                raise OSError()
+            return None
+
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("mamba_ssm", "causal_conv1d"):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [BrokenExtension(), *sys.meta_path])
+    problem = scan_module._probe_cuda_kernels(torch.device("cpu"))
+    assert problem == "not usable: mamba-ssm (OSError); causal-conv1d (OSError)"
+
+
+def test_sizes_the_kernels_lack_make_auto_fall_back_and_cuda_refuse(unprobed, monkeypatch):
+    monkeypatch.setattr(scan_module, "_probe_cuda_kernels", lambda device: "")
+    cuda = torch.device("cuda", 0)
+    expected = r"do not fit this model \(causal-conv1d supports conv widths.*'fast'"
+    with pytest.warns(RuntimeWarning, match=expected) as caught:
+        assert scan_module.resolve_implementation("auto", cuda, state_size=16, conv_kernel=5) == "fast"
+        assert scan_module.resolve_implementation("auto", cuda, state_size=16, conv_kernel=5) == "fast"
+    assert len(caught) == 1, "one warning per reason"
+    with pytest.raises(ValueError, match=r"'cuda': mamba-ssm's scan supports state sizes <= 256, got state_size=300"):
+        scan_module.resolve_implementation("cuda", cuda, state_size=300, conv_kernel=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_module.resolve_implementation("auto", cuda, state_size=256, conv_kernel=2) == "cuda"
+
+
 def test_cuda_implementation_rejects_cpu_tensors():
     with pytest.raises(ValueError, match="needs CUDA tensors; got tensors on cpu"):
         selective_scan(**make_inputs(1, 4, 3, 2, None), implementation="cuda")
@@ -325,6 +383,23 @@ def test_cuda_kernel_matches_reference():
         expected = selective_scan_reference(**inputs, delta_softplus=True, return_last_state=True)
         for index, (a, e) in enumerate(zip(actual, expected)):
             assert_close_relative(a.float(), e.float(), tolerance, f"{implementation} output {index}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not cuda_kernels_available(),
+    reason="needs a CUDA device with working mamba-ssm and causal-conv1d (pip install .[cuda])",
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", list(CONV_LAYOUTS))
+def test_conv_kernel_matches_pytorch_conv_on_every_layout(layout, dtype):
+    torch.manual_seed(0)
+    x = CONV_LAYOUTS[layout][0](device="cuda", dtype=dtype)  # (made in dtype: a cast would change the layout)
+    weight, bias = torch.randn(x.shape[1], 4, device="cuda"), torch.randn(x.shape[1], device="cuda")
+    actual, expected = (conv_output_and_grads(x, weight, bias, use_kernel) for use_kernel in (True, False))
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for name, a, e in zip(("out", "dx", "dweight", "dbias"), actual, expected):
+        assert_close_relative(a.float(), e.float(), tolerance, f"{layout}: {name}")
 
 
 def test_model_bfloat16_fast_close_to_reference():

@@ -30,6 +30,7 @@ from modeling_videomamba.training_utils import (
     scan_video_folder,
     topk_accuracy,
 )
+from torchrun_launch import run_two_processes
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "trainer_scripts" / "run_video_classification.py"
@@ -618,12 +619,7 @@ def test_two_process_runs(tmp_path, synthetic_videos, retrieval_setup):
     VideoMambaForVideoClassification(VideoMambaConfig(hidden_size=24, image_size=32, patch_size=8, num_frames=4, num_hidden_layers=1, num_labels=4)).save_pretrained(teachers / "videomamba")
     clip = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
     CLIPVisionModel(clip).save_pretrained(teachers / "clip")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO / "tests" / "torchrun_phases.py"), str(runs), str(synthetic_videos), str(teachers),
-               str(retrieval_setup[0])]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    run_two_processes("torchrun_phases.py", runs, synthetic_videos, teachers, retrieval_setup[0])
 
     def history(name):
         return json.loads((runs / name / "trainer_state.json").read_text())
