@@ -44,7 +44,7 @@ def _devices():
 
 def _build(head, order, implementation):
     """(model, inputs, {output name: expected dtype under autocast}) for a tiny model of `head`."""
-    sizes = TRITON_TINY if implementation == "triton" else TINY
+    sizes = TINY
     config = VideoMambaConfig(**sizes, token_order=order, scan_implementation=implementation, num_labels=3)
     video = torch.randn(2, 2, 3, 16, 16)
     if head == "backbone":
