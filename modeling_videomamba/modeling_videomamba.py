@@ -22,6 +22,7 @@ from .modeling_videomamba_blocks import (
     VideoMambaMixer,
     VideoMambaRMSNorm,
     _at_least_fp32,
+    compute_dtype,
     make_norm,
     temporal_first_order,
 )
@@ -180,7 +181,7 @@ class VideoMambaModel(VideoMambaPreTrainedModel):
             stream = layer(stream, scan_order)
         if output_hidden_states:
             all_hidden_states.append(stream)
-        last_hidden_state = self.norm_f(stream).to(tokens.dtype)
+        last_hidden_state = self.norm_f(stream).to(compute_dtype(tokens.dtype, tokens.device))
         pooled = last_hidden_state[:, 1:].mean(1) if self.config.use_mean_pooling else last_hidden_state[:, 0]
         hidden_states = tuple(all_hidden_states) if output_hidden_states else None
         if not return_dict:

@@ -24,6 +24,15 @@ def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
+def compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the matmuls run in for parameters of `dtype` on `device`: autocast's when it is on there
+    and would cast them (float32), else `dtype` itself (a model loaded or cast to bf16, fp16 or fp64)."""
+    device_type = torch.device(device).type
+    if dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return dtype
+
+
 class VideoMambaRMSNorm(nn.Module):
     """RMSNorm computed in (at least) float32: x * rsqrt(mean(x^2) + eps) * weight."""
 
@@ -199,12 +208,15 @@ class VideoMambaLayer(GradientCheckpointingLayer):
     def forward(self, hidden_states: torch.Tensor, scan_order: torch.Tensor = None) -> torch.Tensor:
         """hidden_states: the residual stream (B, L, D). `scan_order` (L,) permutes the tokens the mixer sees."""
         # The norm's weight gives the compute dtype: it is always a float, unlike a quantized Linear's weight.
-        normed = self.norm(hidden_states).to(self.norm.weight.dtype)
+        # Under autocast the norm's output goes to the mixer in autocast's dtype, as the original's fused norm.
+        normed = self.norm(hidden_states).to(compute_dtype(self.norm.weight.dtype, hidden_states.device))
         if scan_order is None:
             mixed = self.mixer(normed)
         else:
-            mixed = torch.empty_like(normed)
-            mixed[:, scan_order] = self.mixer(normed[:, scan_order])
+            # The mixer's output dtype (autocast's, under autocast) need not be its input's.
+            reordered = self.mixer(normed[:, scan_order])
+            mixed = torch.empty_like(reordered)
+            mixed[:, scan_order] = reordered
         return hidden_states + self.drop_path(mixed).to(hidden_states.dtype)
 
 

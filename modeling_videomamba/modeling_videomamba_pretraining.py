@@ -13,7 +13,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import VideoMambaModel, VideoMambaPreTrainedModel
-from .modeling_videomamba_blocks import _at_least_fp32
+from .modeling_videomamba_blocks import _at_least_fp32, compute_dtype
 
 
 def sinusoidal_position_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -170,7 +170,7 @@ class VideoMambaForPreTraining(VideoMambaPreTrainedModel):
         records, hidden_states = self._records(stream, output_hidden_states)
         aligned = []
         for record, decoder in zip(records, self.clip_decoder):
-            decoded = decoder((record + positions).to(tokens.dtype))
+            decoded = decoder((record + positions).to(compute_dtype(tokens.dtype, tokens.device)))
             aligned.append(F.normalize(decoded, dim=-1))
         aligned = torch.stack(aligned)  # (K, B, 1 + N_visible, teacher_hidden_size)
 

@@ -93,7 +93,9 @@ def video_text_similarity(video_embeds: torch.Tensor, text_embeds: torch.Tensor)
             f"{tuple(video_embeds.shape)} and {tuple(text_embeds.shape)}."
         )
     dtype = torch.promote_types(video_embeds.dtype, torch.float32)
-    return torch.einsum("vtd,nd->vtn", video_embeds.to(dtype), text_embeds.to(dtype)).mean(1)
+    # Autocast would run the einsum in half precision again.
+    with torch.autocast(video_embeds.device.type, enabled=False):
+        return torch.einsum("vtd,nd->vtn", video_embeds.to(dtype), text_embeds.to(dtype)).mean(1)
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -712,7 +712,8 @@ def causal_conv1d_tokens_first(x: torch.Tensor, weight: torch.Tensor, bias: torc
     """`causal_conv1d` in token-major layout: x (batch, L, dim) -> SiLU(conv) (batch, L, dim).
 
     The depthwise kernel is tiny (4 taps), so shifted multiply-adds along L beat transposing to
-    (batch, dim, L) and back around F.conv1d.
+    (batch, dim, L) and back around F.conv1d. The output is in x's dtype (fp32 weights on bf16 or fp16
+    x under autocast accumulate in fp32), as causal-conv1d's kernel: the scan reads the compute dtype.
     """
     kernel = weight.shape[-1]
     # Contiguous (dim,) tap vectors: broadcasting a strided column of weight made each multiply-add
@@ -723,7 +724,7 @@ def causal_conv1d_tokens_first(x: torch.Tensor, weight: torch.Tensor, bias: torc
         shift = kernel - 1 - tap  # this tap reads x[t - shift]
         if shift < x.shape[1]:
             out[:, shift:].addcmul_(x[:, :-shift], taps[tap])
-    return F.silu(out)
+    return F.silu(out).to(x.dtype)
 
 
 __all__ = [

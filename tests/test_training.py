@@ -17,6 +17,7 @@ from transformers import AutoModelForVideoClassification, Trainer, TrainingArgum
 from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification, VideoMambaVideoProcessor, read_video
 from modeling_videomamba.synthetic_data import CLASS_PAIRS, generate_dataset, render_clip
 from modeling_videomamba.synthetic_data import main as synthetic_main
+from test_video_text_training import _check_saved, retrieval_setup  # noqa: F401 (a fixture, for the bf16 video-text phase)
 from modeling_videomamba.training_utils import (
     MixupCutmix,
     VideoClipDataset,
@@ -602,12 +603,13 @@ def test_script_help_does_not_import_models_or_datasets():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--num_frames" in result.stdout and "--mask_type" in result.stdout and "--rerank_k" in result.stdout
     assert "HEAVY []" in result.stdout
-def test_two_process_runs(tmp_path, synthetic_videos):
+def test_two_process_runs(tmp_path, synthetic_videos, retrieval_setup):
     """One `torchrun --nproc_per_node 2` (gloo on CPU; --use_cpu is what makes accelerate set up MULTI_CPU
     without a GPU) runs tests/torchrun_phases.py: classification with activation checkpointing and
     self-distillation with mixup (the script), the distillation callback on a stock Trainer with activation
     checkpointing and gradient accumulation, masked pretraining with and without activation checkpointing and
-    with both feature sources. Every saved model loads and runs."""
+    with both feature sources; then under --bf16: classification, distillation, pretraining and video-text
+    training. Every saved model loads and runs."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from modeling_videomamba import VideoMambaForPreTraining
@@ -617,7 +619,7 @@ def test_two_process_runs(tmp_path, synthetic_videos):
     VideoMambaForVideoClassification(VideoMambaConfig(hidden_size=24, image_size=32, patch_size=8, num_frames=4, num_hidden_layers=1, num_labels=4)).save_pretrained(teachers / "videomamba")
     clip = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
     CLIPVisionModel(clip).save_pretrained(teachers / "clip")
-    run_two_processes("torchrun_phases.py", runs, synthetic_videos, teachers)
+    run_two_processes("torchrun_phases.py", runs, synthetic_videos, teachers, retrieval_setup[0])
 
     def history(name):
         return json.loads((runs / name / "trainer_state.json").read_text())
@@ -636,3 +638,9 @@ def test_two_process_runs(tmp_path, synthetic_videos):
             assert history(name)["global_step"] == 2, name
             assert torch.isfinite(VideoMambaForPreTraining.from_pretrained(runs / name)(clips).aligned_features).all(), name
             assert torch.isfinite(VideoMambaForVideoClassification.from_pretrained(runs / name, num_labels=4)(clips).logits).all(), name
+        for name in ("bf16_classification", "bf16_distill", "bf16_pretrain", "bf16_video_text"):
+            assert history(name)["global_step"] == 2, name
+        for name in ("bf16_classification", "bf16_distill"):
+            assert torch.isfinite(VideoMambaForVideoClassification.from_pretrained(runs / name)(clips).logits).all(), name
+        assert torch.isfinite(VideoMambaForPreTraining.from_pretrained(runs / "bf16_pretrain")(clips).aligned_features).all()
+    _check_saved(runs / "bf16_video_text", retrieval_setup[0])

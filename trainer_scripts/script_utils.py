@@ -33,7 +33,17 @@ def parse_script_arguments(dataclass_types: tuple, argv=None) -> tuple:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity(parsed[-1].get_process_log_level())
+    _check_precision(parsed[-1])
     return parsed
+
+
+def _check_precision(training_args):
+    """fp16 mixed precision needs a GPU (its loss scaler and kernels); on CPU bf16 autocast is what runs."""
+    if training_args.fp16 and training_args.device.type == "cpu":
+        raise ValueError(
+            "--fp16 needs a CUDA device, but this run is on CPU (no GPU, or --use_cpu). Use --bf16 true for mixed "
+            "precision on CPU (bfloat16 autocast), or drop --fp16 to train in float32."
+        )
 
 
 def given_arguments(argv=None) -> set:
