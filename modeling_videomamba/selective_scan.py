@@ -1,4 +1,4 @@
-"""The selective scan (Mamba's S6 recurrence) and the causal depthwise convolution, in one place.
+"""The selective scan (Mamba's S6 recurrence), in one place: its contract, reference and implementations.
 
 Contract (the same as mamba-ssm's `selective_scan_fn`):
 
@@ -38,24 +38,26 @@ back in the dtype of `u`. Implementations:
 "fast" and "native" are torch.library custom ops (forward and backward), so torch.compile keeps each
 scan as one graph node (no graph break, no unrolled token loop) and fuses the element-wise ops around it.
 
-"auto" picks "cuda" on CUDA devices when both packages import, their extensions load and a tiny call
-of each runs there (probed once per process); otherwise, after one warning naming what is missing,
-"triton" when Triton is usable there, else "fast". On CPU it picks "native" when the kernel is built or
-builds now (once per process; VIDEOMAMBA_NATIVE_SCAN=0 turns this off), else "fast".
+"auto" and the fallbacks are decided in `scan_dispatch` (which implementation runs where, and why not).
+The causal depthwise convolution before the scan is in `causal_convolution`.
 """
 
-import importlib.util
 import math
-import os
-import warnings
 
 import torch
 import torch.nn.functional as F
 
-from .configuration_videomamba import CUDA_CONV_WIDTHS, cuda_kernel_limits_problem
-from .configuration_videomamba import SCAN_IMPLEMENTATIONS as IMPLEMENTATIONS
+from .causal_convolution import causal_conv1d, causal_conv1d_tokens_first
+from .configuration_videomamba import cuda_kernel_limits_problem
 from .flops import register_scan_flops
 from .native_scan import native_scan, native_scan_available, op_namespace
+from .scan_dispatch import (
+    cuda_kernels_available,
+    cuda_kernels_problem,
+    resolve_implementation,
+    triton_available,
+    triton_problem,
+)
 
 _NAMESPACE = op_namespace(__name__)
 
@@ -390,145 +392,6 @@ def selective_scan_fast(
     return (y, last_state) if return_last_state else y
 
 
-_cuda_problem = {}  # (device type, index) -> what keeps the CUDA kernels from working ("" when they work)
-_cuda_warned = False
-_limits_warned = set()  # the kernel-limit fallbacks already warned about
-
-
-def _first_line(error: BaseException) -> str:
-    """ "TypeName: first non-empty line of the message", or "TypeName" for an empty message."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
-def _probe_cuda_kernels(device: torch.device) -> str:
-    """What keeps mamba-ssm's and causal-conv1d's kernels from running on `device`; "" when they run.
-
-    Both packages must import (which loads their compiled extensions: a build for another torch or CUDA
-    fails here with an undefined symbol) and a tiny call of each must run on the device (a build
-    without this GPU's architecture fails only then, with "no kernel image").
-    """
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return "no CUDA device is available"
-    missing = []
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception as error:  # ImportError, or an OSError/RuntimeError from a broken extension
-        missing.append(f"mamba-ssm ({_first_line(error)})")
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception as error:
-        missing.append(f"causal-conv1d ({_first_line(error)})")
-    if missing:
-        return "not usable: " + "; ".join(missing)
-    try:
-        x = torch.randn(1, 8, 4, device=device)
-        selective_scan_fn(x, x, -torch.ones(8, 2, device=device), x[:, :2], x[:, :2], delta_softplus=True)
-        causal_conv1d_fn(x, torch.ones(8, 4, device=device), activation="silu")
-    except Exception as error:
-        return f"installed, but their kernels failed on {device} ({_first_line(error)})"
-    return ""
-
-
-def _device_key(device: torch.device) -> tuple:
-    """(type, index) of `device`, "cuda" meaning the current CUDA device: each GPU is probed on its own
-    (two GPUs of different architectures may differ in whether the kernels' build runs on them)."""
-    index = device.index
-    if index is None and device.type == "cuda":
-        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
-    return device.type, index
-
-
-def cuda_kernels_problem(device=None) -> str:
-    """Why scan_implementation="cuda" cannot run on `device` (default: the current CUDA device); "" when
-    it can. Probed once per device."""
-    device = torch.device("cuda" if device is None else device)
-    key = _device_key(device)
-    if key not in _cuda_problem:
-        _cuda_problem[key] = _probe_cuda_kernels(torch.device(*key) if key[1] is not None else device)
-    return _cuda_problem[key]
-
-
-def cuda_kernels_available(device=None) -> bool:
-    """Whether mamba-ssm's and causal-conv1d's kernels run here: both import, their extensions load and
-    a tiny call of each runs on the CUDA device (probed once per process and device)."""
-    return torch.cuda.is_available() and not cuda_kernels_problem(device)
-
-
-_triton_problem = {}  # (device, TRITON_INTERPRET) -> what keeps the Triton scan from running ("" when it runs)
-_triton_warned = set()
-
-
-def _triton_smoke_test(device: torch.device):
-    """A tiny Triton scan on `device`, forward and backward: compiles and launches every kernel once."""
-    from .triton_scan import selective_scan_triton
-
-    x = torch.randn(1, 3, 2, device=device, requires_grad=True)
-    bc = torch.randn(1, 3, 1, 2, device=device)
-    y, _ = selective_scan_triton(x, x, -torch.ones(2, 2, device=device), bc, bc, delta_softplus=True)
-    y.sum().backward()
-
-
-def _probe_triton(device: torch.device) -> str:
-    """What keeps the Triton scan from running on `device`; "" when it runs.
-
-    Triton must be installed and import, and (for CUDA) a tiny scan must compile and run on the device:
-    a machine without a working compiler toolchain or driver fails only then.
-    """
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (`pip install .[triton]`)"
-    try:
-        from .triton_scan import interpreting
-    except Exception as error:  # ImportError, or a broken install failing inside triton's own imports
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        return f"triton is installed but does not import ({type(error).__name__}: {first_line})"
-    if device.type != "cuda":
-        if interpreting():
-            return ""
-        return (
-            f"its kernels need CUDA tensors, got tensors on {device} (TRITON_INTERPRET=1, set before triton is first "
-            "imported, runs them on CPU through Triton's slow interpreter)"
-        )
-    if not torch.cuda.is_available():
-        return "no CUDA device is available"
-    try:
-        _triton_smoke_test(device)
-    except Exception as error:
-        message = str(error).strip().splitlines()
-        return f"its kernels failed on {device} ({type(error).__name__}: {message[0] if message else ''})"
-    return ""
-
-
-def triton_problem(device=None) -> str:
-    """Why scan_implementation="triton" cannot run on `device` (default: CUDA); "" when it can. Probed once."""
-    device = torch.device("cuda" if device is None else device)
-    key = (str(device), os.environ.get("TRITON_INTERPRET"))
-    if key not in _triton_problem:
-        _triton_problem[key] = _probe_triton(device)
-    return _triton_problem[key]
-
-
-def triton_available(device=None) -> bool:
-    """Whether the Triton scan runs on `device` (default: CUDA): Triton imports and, on CUDA, a tiny scan
-    compiles and runs there (probed once per device)."""
-    return not triton_problem(device)
-
-
-def _triton_or_fast(device: torch.device) -> str:
-    """An explicit "triton": kept where Triton runs, else "fast" after one warning saying why."""
-    problem = triton_problem(device)
-    if not problem:
-        return "triton"
-    if problem not in _triton_warned:
-        _triton_warned.add(problem)
-        warnings.warn(
-            f"scan_implementation='triton' cannot run on {device}: {problem}; using the 'fast' (PyTorch) scan instead.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-    return "fast"
-
-
 def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
@@ -536,78 +399,6 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
         u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
         return_last_state=return_last_state,
     )
-
-
-def _fallback_on_cuda(device: torch.device) -> str:
-    """What "auto" uses on CUDA tensors on `device` when the mamba-ssm kernels cannot serve."""
-    return "triton" if triton_available(device) else "fast"
-
-
-def _auto_on_cuda(device: torch.device, state_size=None, conv_kernel=None) -> str:
-    """"auto" for CUDA tensors: the mamba-ssm kernels when they run on `device` and support the model's
-    sizes, else (after one warning saying why) the Triton scan when Triton is usable, else "fast"."""
-    global _cuda_warned
-    limits = cuda_kernel_limits_problem(state_size, conv_kernel)
-    if limits and limits not in _limits_warned:
-        _limits_warned.add(limits)
-        warnings.warn(
-            f"scan_implementation='auto': the mamba-ssm / causal-conv1d CUDA kernels do not fit this model "
-            f"({limits}); using the {_fallback_on_cuda(device)!r} scan instead.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    if limits:
-        return _fallback_on_cuda(device)
-    problem = cuda_kernels_problem(device)
-    if not problem:
-        return "cuda"
-    fallback = _fallback_on_cuda(device)
-    if not _cuda_warned:
-        _cuda_warned = True
-        warnings.warn(
-            f"scan_implementation='auto': the mamba-ssm / causal-conv1d CUDA kernels are {problem}; using the "
-            f"{fallback!r} scan instead (install both with `pip install .[cuda]` for the fused kernels).",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return fallback
-
-
-# Under torch.compile the choice is made once while tracing (it may build or probe the kernels,
-# which dynamo cannot trace) and baked into the graph as a constant.
-@torch.compiler.assume_constant_result
-def resolve_implementation(implementation: str, device: torch.device, state_size=None, conv_kernel=None) -> str:
-    """Map "auto" to a concrete implementation for tensors on `device`; check that "cuda" can run there.
-
-    `state_size` and `conv_kernel` (the model's, when known) are checked against what the CUDA kernels
-    support: "auto" then falls back (one warning) and "cuda" raises a ValueError.
-    """
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"Unknown selective-scan implementation {implementation!r}; expected one of {IMPLEMENTATIONS}.")
-    if implementation == "auto":
-        if device.type == "cuda":
-            return _auto_on_cuda(device, state_size, conv_kernel)
-        return "native" if device.type == "cpu" and native_scan_available() else "fast"
-    if implementation == "cuda":
-        if device.type != "cuda":
-            raise ValueError(f"scan_implementation='cuda' needs CUDA tensors; got tensors on {device}.")
-        limits = cuda_kernel_limits_problem(state_size, conv_kernel)
-        if limits:
-            raise ValueError(
-                f"scan_implementation='cuda': {limits}. Use scan_implementation='auto' (falls back to "
-                "'triton' or 'fast') or sizes the kernels support."
-            )
-        problem = cuda_kernels_problem(device)
-        if problem:
-            raise ImportError(
-                f"scan_implementation='cuda': the mamba-ssm / causal-conv1d kernels are {problem}. Install both "
-                "with `pip install .[cuda]`, or use scan_implementation='auto' to fall back."
-            )
-    if implementation == "triton":
-        return _triton_or_fast(device)
-    if implementation == "native" and device.type == "cpu" and not native_scan_available():
-        return "fast"  # native_scan_available() has warned once
-    return implementation
 
 
 def _check_optional_shapes(u, A, B, C, D, z, delta_bias):
@@ -666,65 +457,6 @@ def selective_scan(
     if implementation in TOKENS_FIRST_IMPLEMENTATIONS:
         return selective_scan_fast(*args, implementation=implementation)
     return selective_scan_reference(*args)
-
-
-def _conv_kernel_layout(x: torch.Tensor) -> torch.Tensor:
-    """x (batch, dim, length) in a layout causal-conv1d's kernels handle: `x` itself when it has one,
-    else a channel-first contiguous copy.
-
-    The kernels read x as channel-first (stride 1 along the length) or channel-last (stride 1 along the
-    channels); channel-last needs dim and the other two strides divisible by 8, and both read 16-byte
-    vectors, so the data must start 16-byte aligned. The mixer's x is a channel-last view of the
-    input projection (stride 2 * dim along the length), which fails those checks for some widths.
-    """
-    batch, dim, length = x.shape
-    # (the storage itself is allocated aligned; data_ptr() would fail on torch.compile's fake tensors)
-    aligned = x.storage_offset() * x.element_size() % 16 == 0
-    if x.stride(1) == 1 and x.stride(2) > 1:  # what the kernel takes for channel-last
-        fits = dim % 8 == 0 and x.stride(2) % 8 == 0 and x.stride(0) % 8 == 0
-    else:
-        fits = x.is_contiguous()
-    if fits and aligned:
-        return x
-    # clone, not contiguous(): a length-1 x can count as contiguous yet look channel-last to the kernel.
-    return x.clone(memory_format=torch.contiguous_format)
-
-
-def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor = None, use_kernel: bool = False):
-    """SiLU(causal depthwise conv1d(x)): x (batch, dim, length), weight (dim, kernel), bias (dim,).
-
-    Left zero-padding by kernel - 1, so output t sees inputs t - kernel + 1 .. t. With `use_kernel` the
-    causal-conv1d CUDA kernel is used (CUDA tensors, package installed; kernel widths 2 to 4), on `x`
-    or a copy of it in a layout the kernel accepts.
-    """
-    kernel = weight.shape[-1]
-    if use_kernel:
-        if kernel not in CUDA_CONV_WIDTHS:
-            raise ValueError(f"causal-conv1d's kernel supports widths {CUDA_CONV_WIDTHS}; got a width-{kernel} weight.")
-        from causal_conv1d import causal_conv1d_fn
-
-        return causal_conv1d_fn(_conv_kernel_layout(x), weight, bias, activation="silu")
-    out = F.conv1d(F.pad(x, (kernel - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
-    return F.silu(out)
-
-
-def causal_conv1d_tokens_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor = None):
-    """`causal_conv1d` in token-major layout: x (batch, L, dim) -> SiLU(conv) (batch, L, dim).
-
-    The depthwise kernel is tiny (4 taps), so shifted multiply-adds along L beat transposing to
-    (batch, dim, L) and back around F.conv1d. The output is in x's dtype (fp32 weights on bf16 or fp16
-    x under autocast accumulate in fp32), as causal-conv1d's kernel: the scan reads the compute dtype.
-    """
-    kernel = weight.shape[-1]
-    # Contiguous (dim,) tap vectors: broadcasting a strided column of weight made each multiply-add
-    # about 3x slower (measured at (1, 1569, 768)).
-    taps = weight.t().contiguous()
-    out = x * taps[-1] if bias is None else torch.addcmul(bias, x, taps[-1])
-    for tap in range(kernel - 1):
-        shift = kernel - 1 - tap  # this tap reads x[t - shift]
-        if shift < x.shape[1]:
-            out[:, shift:].addcmul_(x[:, :-shift], taps[tap])
-    return F.silu(out).to(x.dtype)
 
 
 __all__ = [

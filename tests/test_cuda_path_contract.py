@@ -20,6 +20,7 @@ from modeling_videomamba import modeling_videomamba_blocks as blocks
 
 # The package re-exports the function `selective_scan`, which shadows the submodule's attribute name.
 scan_module = importlib.import_module("modeling_videomamba.selective_scan")
+dispatch = importlib.import_module("modeling_videomamba.scan_dispatch")
 
 pytestmark = pytest.mark.skipif(
     bool(packages_missing()),
@@ -40,7 +41,7 @@ def on_cuda_path(kernels, monkeypatch):
     """The mixer takes its "cuda" path on CPU tensors: the device check alone is bypassed (a "cuda"
     request is resolved as for a CUDA device whose kernel probe passed, so the size limits still apply)."""
     real = scan_module.resolve_implementation
-    monkeypatch.setitem(scan_module._cuda_problem, ("cuda", 0), "")
+    monkeypatch.setitem(dispatch._cuda_problem, ("cuda", 0), "")
 
     def resolve(implementation, device, **sizes):
         return real(implementation, torch.device("cuda") if implementation == "cuda" else device, **sizes)
@@ -146,11 +147,11 @@ def test_selective_scan_cuda_matches_reference_with_gradients(on_cuda_path, grou
 
 def test_probe_accepts_working_kernels_and_names_what_is_missing(kernels, monkeypatch):
     # The probe's tiny calls run through the stand-ins on CPU: the packages count as working there.
-    assert scan_module._probe_cuda_kernels(torch.device("cpu")) == ""
+    assert dispatch._probe_cuda_kernels(torch.device("cpu")) == ""
     import causal_conv1d
 
     monkeypatch.delattr(causal_conv1d, "causal_conv1d_fn")  # `from causal_conv1d import ...` now fails
-    problem = scan_module._probe_cuda_kernels(torch.device("cpu"))
+    problem = dispatch._probe_cuda_kernels(torch.device("cpu"))
     assert "causal-conv1d" in problem and "mamba-ssm" not in problem
 
 
@@ -170,7 +171,7 @@ def test_probe_reports_a_failing_kernel(kernels, monkeypatch, error, expected):
         raise error
 
     monkeypatch.setattr(selective_scan_cuda, "fwd", broken)
-    problem = scan_module._probe_cuda_kernels(torch.device("cpu"))
+    problem = dispatch._probe_cuda_kernels(torch.device("cpu"))
     assert problem == f"installed, but their kernels failed on cpu {expected}"
 
 
@@ -203,7 +204,7 @@ def test_conv_kernel_refuses_widths_it_lacks(kernels):
 
 
 def test_scan_kernel_state_limit_is_refused_before_the_kernel(on_cuda_path, monkeypatch):
-    monkeypatch.setattr(scan_module, "_limits_warned", set())
+    monkeypatch.setattr(dispatch, "_limits_warned", set())
     inputs = make_inputs(1, 4, 5, 257, None)
     with pytest.raises(ValueError, match=r"state sizes <= 256, got state_size=257"):
         scan_module.selective_scan(**inputs, implementation="cuda")

@@ -45,7 +45,7 @@ def test_float64_parity_with_the_original(original):
 
 def gpu_paths():
     """The scan implementations that can run on CUDA in this checkout (usable or not here)."""
-    from modeling_videomamba.selective_scan import IMPLEMENTATIONS
+    from modeling_videomamba.configuration_videomamba import SCAN_IMPLEMENTATIONS as IMPLEMENTATIONS
 
     return [name for name in ("cuda", "triton", "fast") if name in IMPLEMENTATIONS]
 

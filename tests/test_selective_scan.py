@@ -21,6 +21,7 @@ from modeling_videomamba.selective_scan import (
 
 # The package re-exports the function `selective_scan`, which shadows the submodule's attribute name.
 scan_module = importlib.import_module("modeling_videomamba.selective_scan")
+dispatch = importlib.import_module("modeling_videomamba.scan_dispatch")
 OPTIONAL = ("D", "z", "delta_bias")
 
 
@@ -280,9 +281,9 @@ def test_selective_scan_rejects_unknown_implementation():
 @pytest.fixture
 def unprobed(monkeypatch):
     """A process that has not probed the CUDA kernels nor warned yet (restored after the test)."""
-    monkeypatch.setattr(scan_module, "_cuda_problem", {})
-    monkeypatch.setattr(scan_module, "_cuda_warned", False)
-    monkeypatch.setattr(scan_module, "_limits_warned", set())
+    monkeypatch.setattr(dispatch, "_cuda_problem", {})
+    monkeypatch.setattr(dispatch, "_cuda_warned", False)
+    monkeypatch.setattr(dispatch, "_limits_warned", set())
 
 
 def test_auto_on_cuda_falls_back_once_naming_what_is_missing(unprobed, monkeypatch):
@@ -292,7 +293,7 @@ def test_auto_on_cuda_falls_back_once_naming_what_is_missing(unprobed, monkeypat
         probes.append(device)
         return "not usable: causal-conv1d (ModuleNotFoundError: No module named 'causal_conv1d')"
 
-    monkeypatch.setattr(scan_module, "_probe_cuda_kernels", probe)
+    monkeypatch.setattr(dispatch, "_probe_cuda_kernels", probe)
     cuda = torch.device("cuda")
     with pytest.warns(RuntimeWarning, match="auto.*causal-conv1d.*No module named.*'fast'"):
         assert scan_module.resolve_implementation("auto", cuda) == "fast"
@@ -305,7 +306,7 @@ def test_auto_on_cuda_falls_back_once_naming_what_is_missing(unprobed, monkeypat
 
 
 def test_auto_on_cuda_picks_the_kernels_when_the_probe_passes(unprobed, monkeypatch):
-    monkeypatch.setattr(scan_module, "_probe_cuda_kernels", lambda device: "")
+    monkeypatch.setattr(dispatch, "_probe_cuda_kernels", lambda device: "")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert scan_module.resolve_implementation("auto", torch.device("cuda")) == "cuda"
@@ -320,7 +321,7 @@ def test_each_gpu_is_probed_on_its_own(unprobed, monkeypatch):
         probed.append(device)
         return "installed, but their kernels failed on cuda:1 (RuntimeError)" if device.index == 1 else ""
 
-    monkeypatch.setattr(scan_module, "_probe_cuda_kernels", probe)
+    monkeypatch.setattr(dispatch, "_probe_cuda_kernels", probe)
     with pytest.warns(RuntimeWarning, match="failed on cuda:1"):
         assert scan_module.resolve_implementation("auto", torch.device("cuda", 1)) == "fast"
     with warnings.catch_warnings():
@@ -329,8 +330,8 @@ def test_each_gpu_is_probed_on_its_own(unprobed, monkeypatch):
         # "cuda" without an index is the current device: here cuda:1, already probed.
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-        assert scan_module.cuda_kernels_problem() == scan_module.cuda_kernels_problem("cuda:1") != ""
-        assert scan_module.cuda_kernels_problem("cuda:0") == ""
+        assert dispatch.cuda_kernels_problem() == dispatch.cuda_kernels_problem("cuda:1") != ""
+        assert dispatch.cuda_kernels_problem("cuda:0") == ""
     assert probed == [torch.device("cuda", 1), torch.device("cuda", 0)]
 
 
@@ -347,12 +348,12 @@ def test_probe_names_an_exception_with_an_empty_message(unprobed, monkeypatch):
         if name.split(".")[0] in ("mamba_ssm", "causal_conv1d"):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "meta_path", [BrokenExtension(), *sys.meta_path])
-    problem = scan_module._probe_cuda_kernels(torch.device("cpu"))
+    problem = dispatch._probe_cuda_kernels(torch.device("cpu"))
     assert problem == "not usable: mamba-ssm (OSError); causal-conv1d (OSError)"
 
 
 def test_sizes_the_kernels_lack_make_auto_fall_back_and_cuda_refuse(unprobed, monkeypatch):
-    monkeypatch.setattr(scan_module, "_probe_cuda_kernels", lambda device: "")
+    monkeypatch.setattr(dispatch, "_probe_cuda_kernels", lambda device: "")
     cuda = torch.device("cuda", 0)
     expected = r"do not fit this model \(causal-conv1d supports conv widths.*'fast'"
     with pytest.warns(RuntimeWarning, match=expected) as caught:

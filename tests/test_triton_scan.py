@@ -44,6 +44,7 @@ tl = importlib.import_module("triton.language")
 _affine_combine = importlib.import_module("modeling_videomamba.triton_scan")._affine_combine
 
 scan_module = importlib.import_module("modeling_videomamba.selective_scan")
+dispatch = importlib.import_module("modeling_videomamba.scan_dispatch")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -178,7 +179,7 @@ def test_model_bfloat16_triton_close_to_reference(whole_groups):
 
 def test_triton_on_cpu_tensors_without_the_interpreter_says_how(kernels, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(scan_module, "_triton_warned", set())
+    monkeypatch.setattr(dispatch, "_triton_warned", set())
     inputs = make_inputs(1, 4, 3, 2, None)
     with pytest.raises(ValueError, match="needs CUDA tensors; got tensors on cpu"):
         kernels.selective_scan_triton(inputs["u"].mT, inputs["delta"].mT, inputs["A"], inputs["B"].mT[:, :, None],
@@ -197,22 +198,22 @@ def test_triton_rejects_integer_inputs(kernels):
 
 
 def test_auto_uses_triton_on_cuda_only_without_mamba_ssm(monkeypatch):
-    monkeypatch.setattr(scan_module, "triton_available", lambda device=None: True)
-    monkeypatch.setattr(scan_module, "_cuda_warned", False)
-    monkeypatch.setattr(scan_module, "cuda_kernels_problem", lambda device=None: "not usable: mamba-ssm (ImportError)")
+    monkeypatch.setattr(dispatch, "triton_available", lambda device=None: True)
+    monkeypatch.setattr(dispatch, "_cuda_warned", False)
+    monkeypatch.setattr(dispatch, "cuda_kernels_problem", lambda device=None: "not usable: mamba-ssm (ImportError)")
     with pytest.warns(RuntimeWarning, match="using the 'triton' scan"):
         assert resolve_implementation("auto", torch.device("cuda")) == "triton"
-    monkeypatch.setattr(scan_module, "triton_available", lambda device=None: False)
+    monkeypatch.setattr(dispatch, "triton_available", lambda device=None: False)
     assert resolve_implementation("auto", torch.device("cuda")) == "fast", "no Triton either: the PyTorch scan"
-    monkeypatch.setattr(scan_module, "cuda_kernels_problem", lambda device=None: "")
+    monkeypatch.setattr(dispatch, "cuda_kernels_problem", lambda device=None: "")
     assert resolve_implementation("auto", torch.device("cuda")) == "cuda"
 
 
 @pytest.fixture
 def fresh_probe(monkeypatch):
     """Triton's availability probed anew, its warnings not yet given."""
-    monkeypatch.setattr(scan_module, "_triton_problem", {})
-    monkeypatch.setattr(scan_module, "_triton_warned", set())
+    monkeypatch.setattr(dispatch, "_triton_problem", {})
+    monkeypatch.setattr(dispatch, "_triton_warned", set())
 
 
 def test_explicit_triton_falls_back_when_its_kernels_fail_on_the_gpu(fresh_probe, monkeypatch):
@@ -224,7 +225,7 @@ def test_explicit_triton_falls_back_when_its_kernels_fail_on_the_gpu(fresh_probe
         calls.append(device)
         raise RuntimeError("0 active drivers ([]). There should only be one.\n(details)")
 
-    monkeypatch.setattr(scan_module, "_triton_smoke_test", failing_smoke_test)
+    monkeypatch.setattr(dispatch, "_triton_smoke_test", failing_smoke_test)
     expected = r"cannot run on cuda: its kernels failed on cuda \(RuntimeError: 0 active drivers.*using the 'fast'"
     with pytest.warns(RuntimeWarning, match=expected):
         assert resolve_implementation("triton", torch.device("cuda")) == "fast"
