@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "trainer_scripts"))
 
 import run_video_classification as script  # noqa: E402
 from benchmarks.timing import machine_description, print_table  # noqa: E402
-from modeling_videomamba import VideoMambaForVideoClassification  # noqa: E402
+from modeling_videomamba import VideoMambaConfig, VideoMambaForVideoClassification  # noqa: E402
 from modeling_videomamba.synthetic_data import CLASS_NAMES, generate_dataset  # noqa: E402
 
 # Four classes that differ only in the order of their frames: a turning hand, a fading scene.
