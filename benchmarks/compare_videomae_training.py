@@ -157,7 +157,8 @@ def main(argv=None):
                             name, f"{parameters / 1e3:.0f}k", data_seed, f"{learning_rate:g}", seed, f"{accuracy:.3f}", f"{seconds:.0f}",
                             " ".join(f"{loss:.2f}" for loss in epoch_means(losses, steps_per_epoch)),
                         ])
-                        print(f"{name} ({parameters / 1e3:.0f}k) data {data_seed} lr {learning_rate:g} seed {seed}: held-out accuracy {accuracy:.3f}", flush=True)
+                        print(f"{name} ({parameters / 1e3:.0f}k) data {data_seed} lr {learning_rate:g} seed {seed}: held-out "
+                              f"accuracy {accuracy:.3f}, {seconds:.0f} CPU s, epoch losses {rows[-1][-1]}", flush=True)
 
     print(
         f"\n{len(args.classes)} classes ({args.train_per_class} training / {args.validation_per_class} held-out clips a class, "
