@@ -154,6 +154,9 @@ def build_model(model_args, data_args, num_labels, label2id):
     num_frames = overrides.get("num_frames", VideoMambaConfig.from_preset(model_args.preset).num_frames)
     if num_frames % defaults.get("tubelet_size", 1):
         del defaults["tubelet_size"]  # clips of an odd length keep one frame per token
+    if "tubelet_size" in defaults and model_args.teacher_model_name_or_path:
+        # Self-distillation aligns token features, so the student tokenises clips as its teacher does.
+        defaults["tubelet_size"] = VideoMambaConfig.from_pretrained(model_args.teacher_model_name_or_path).tubelet_size
     if defaults:
         logger.info(
             f"--preset trains from scratch with {defaults} (name them in --config_overrides to choose; the "
