@@ -18,7 +18,7 @@ from transformers import TrainingArguments, pipeline
 from .configuration_videomamba import VideoMambaConfig
 from .modeling_videomamba import VideoMambaForVideoClassification
 from .processors import VideoMambaVideoProcessor
-from .synthetic_data import CLASS_NAMES, generate_dataset
+from .synthetic_data import DEMO_CLASSES, generate_dataset
 from .training_utils import VideoClipDataset, VideoMambaTrainer, collate_clips, compute_metrics, parse_config_overrides, scan_video_folder
 
 # Temporal-first scanning puts a patch position's frames next to each other, so the mixers' short
@@ -74,7 +74,7 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     data_dir = output_dir / "data"
     if not (data_dir / "validation").is_dir():
-        print(f"Generating {len(CLASS_NAMES)} classes of mp4 clips in {data_dir} ...")
+        print(f"Generating {len(DEMO_CLASSES)} classes of mp4 clips in {data_dir} ...")
         generate_dataset(data_dir, args.train_per_class, args.validation_per_class, seed=args.seed)
     train_samples, label2id = scan_video_folder(data_dir / "train")
     eval_samples, _ = scan_video_folder(data_dir / "validation", label2id)

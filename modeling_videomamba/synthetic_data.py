@@ -1,9 +1,12 @@
 """A built-in labelled video dataset whose classes can only be told apart by temporal order.
 
 Classes come in time-reversed pairs (moving left / right, up / down, rotating clockwise /
-counter-clockwise, growing / shrinking): the second clip of a pair is the first one played backwards,
-so both classes have exactly the same distribution of frames and a model that averages frames cannot
-beat chance within a pair. Clips are real encoded mp4 files (PyAV), written as class-name folders:
+counter-clockwise, growing / shrinking, darkening / brightening): the second clip of a pair is the first
+one played backwards, so both classes have exactly the same distribution of frames and a model that
+averages frames cannot beat chance within a pair. The four motion pairs are the demo's 8 classes (the
+default). `APPEARANCE_CLASSES` are the opposite control: shapes that differ by content, in any order.
+Clips are real encoded mp4 files (PyAV, single-threaded, so a seed gives the same bytes), written as
+class-name folders:
 
     OUTPUT_DIR/{train,validation}/<class name>/clip_00000.mp4
 
@@ -20,13 +23,21 @@ import av
 import numpy as np
 
 # (forward class, its time reversal)
-CLASS_PAIRS = (
+MOTION_PAIRS = (
     ("moving_left", "moving_right"),
     ("moving_up", "moving_down"),
     ("rotating_clockwise", "rotating_counterclockwise"),
     ("shrinking", "growing"),
 )
-CLASS_NAMES = tuple(name for pair in CLASS_PAIRS for name in pair)
+# The whole frame fades: order-only without any motion.
+BRIGHTNESS_PAIRS = (("darkening", "brightening"),)
+CLASS_PAIRS = MOTION_PAIRS + BRIGHTNESS_PAIRS
+# The demo's 8 classes, and what `generate_dataset` writes unless told.
+DEMO_CLASSES = tuple(name for pair in MOTION_PAIRS for name in pair)
+# Classes told apart by content alone: a shape drifting along a random straight path, so every order of
+# the frames is as likely in each class (the control for order-only tasks).
+APPEARANCE_CLASSES = ("square", "disc", "ring", "cross")
+CLASS_NAMES = tuple(name for pair in CLASS_PAIRS for name in pair) + APPEARANCE_CLASSES
 SPLITS = ("train", "validation")
 
 
@@ -66,6 +77,15 @@ def _forward_motion(kind: str, size: int, frames: int, rng: np.random.Generator)
             across = -dx * math.sin(angle) + dy * math.cos(angle)
             mask = (along >= 0) & (along <= length) & (np.abs(across) <= width / 2)
             mask |= dx**2 + dy**2 <= (width * 0.9) ** 2
+        elif kind == "darkening":
+            if t == 0:
+                bright, dark = rng.uniform(0.85, 1.0), rng.uniform(0.15, 0.35)
+                radius = rng.uniform(0.15, 0.3) * size
+                center = rng.uniform(0.3, 0.7, size=2) * size
+            mask = (xs - center[0]) ** 2 + (ys - center[1]) ** 2 <= radius**2
+            canvas[t][mask] = color
+            canvas[t] *= bright + (dark - bright) * p
+            continue
         elif kind == "shrinking":
             if t == 0:
                 r_big, r_small = rng.uniform(0.32, 0.45) * size, rng.uniform(0.06, 0.12) * size
@@ -78,9 +98,33 @@ def _forward_motion(kind: str, size: int, frames: int, rng: np.random.Generator)
     return canvas
 
 
+def _drifting_shape(shape: str, size: int, frames: int, rng: np.random.Generator) -> np.ndarray:
+    """A shape of fixed size moving along a random straight path, as float frames (frames, size, size, 3)."""
+    canvas, color = _canvas(size, frames, rng)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    radius = rng.uniform(0.15, 0.22) * size
+    start, end = rng.uniform(radius, size - radius, size=(2, 2))
+    for t, p in enumerate(np.linspace(0.0, 1.0, frames)):
+        cx, cy = start + (end - start) * p
+        dx, dy = np.abs(xs - cx), np.abs(ys - cy)
+        distance = np.sqrt(dx**2 + dy**2)
+        if shape == "square":
+            mask = (dx <= radius * 0.85) & (dy <= radius * 0.85)
+        elif shape == "disc":
+            mask = distance <= radius
+        elif shape == "ring":
+            mask = (distance <= radius) & (distance >= radius * 0.55)
+        else:  # cross
+            mask = ((dx <= radius * 0.3) & (dy <= radius)) | ((dy <= radius * 0.3) & (dx <= radius))
+        canvas[t][mask] = color
+    return canvas
+
+
 def render_clip(class_name: str, num_frames: int = 16, size: int = 64, rng: np.random.Generator = None) -> np.ndarray:
     """One clip of `class_name` as uint8 frames (num_frames, size, size, 3)."""
     rng = rng if rng is not None else np.random.default_rng()
+    if class_name in APPEARANCE_CLASSES:
+        return (np.clip(_drifting_shape(class_name, size, num_frames, rng), 0.0, 1.0) * 255).round().astype(np.uint8)
     for forward, backward in CLASS_PAIRS:
         if class_name in (forward, backward):
             frames = _forward_motion(forward, size, num_frames, rng)
@@ -91,7 +135,11 @@ def render_clip(class_name: str, num_frames: int = 16, size: int = 64, rng: np.r
 
 
 def write_video(path, frames: np.ndarray, fps: int = 8):
-    """Encode uint8 frames (T, H, W, 3) (H, W even) as an H.264 mp4 (MPEG-4 part 2 where x264 is missing)."""
+    """Encode uint8 frames (T, H, W, 3) (H, W even) as an H.264 mp4 (MPEG-4 part 2 where x264 is missing).
+
+    One encoder thread: x264's (and FFmpeg's) threaded encoding depends on thread timing, so only a
+    single-threaded encode makes the same frames give the same bytes (datasets reproducible from a seed).
+    """
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"write_video expects uint8 frames (T, H, W, 3); got {frames.dtype} {frames.shape}.")
@@ -100,8 +148,11 @@ def write_video(path, frames: np.ndarray, fps: int = 8):
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1
         if codec == "libx264":
-            stream.options = {"crf": "12", "preset": "veryfast"}
+            stream.options = {"crf": "12", "preset": "veryfast", "threads": "1"}
+        else:
+            stream.bit_rate = 8_000_000  # near-lossless at these sizes
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -115,7 +166,7 @@ def generate_dataset(
     validation_per_class: int = 16,
     num_frames: int = 16,
     size: int = 64,
-    classes=CLASS_NAMES,
+    classes=DEMO_CLASSES,
     seed: int = 0,
     fps: int = 8,
 ) -> dict:
@@ -146,7 +197,7 @@ def main(argv=None):
     parser.add_argument("--validation-per-class", type=int, default=16)
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--classes", nargs="+", default=list(CLASS_NAMES), choices=CLASS_NAMES)
+    parser.add_argument("--classes", nargs="+", default=list(DEMO_CLASSES), choices=CLASS_NAMES)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     written = generate_dataset(
@@ -161,4 +212,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["CLASS_NAMES", "CLASS_PAIRS", "render_clip", "write_video", "generate_dataset"]
+__all__ = ["APPEARANCE_CLASSES", "CLASS_NAMES", "CLASS_PAIRS", "DEMO_CLASSES", "MOTION_PAIRS", "render_clip", "write_video", "generate_dataset"]

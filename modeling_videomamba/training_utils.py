@@ -226,6 +226,21 @@ def soft_target_cross_entropy(logits: torch.Tensor, soft_labels: torch.Tensor) -
     return -(soft_labels * F.log_softmax(logits.float(), dim=-1)).sum(-1)
 
 
+# Parameters AdamW should not pull towards zero (Mamba's `_no_weight_decay` on A_log and D, VideoMamba's
+# `no_weight_decay()` on the position embeddings and cls token): decaying A_log drives every channel's decay
+# rate towards exp(0) = 1, decaying D removes the skip path, decaying embeddings erases where a patch sits.
+# Every other one-dimensional parameter (biases, the dt bias, norm weights) is left undecayed too, as in timm.
+NO_WEIGHT_DECAY_NAMES = ("A_log", "A_b_log", "cls_token", "position_embeddings", "temporal_position_embeddings")
+
+
+def decay_parameter_names(model: torch.nn.Module) -> list:
+    """Names of the parameters weight decay applies to: matrices and convolution kernels, not the above."""
+    return [
+        name for name, parameter in model.named_parameters()
+        if parameter.ndim > 1 and name.rsplit(".", 1)[-1] not in NO_WEIGHT_DECAY_NAMES
+    ]
+
+
 def pin_memory_only_with_accelerator(args) -> None:
     """Turns off `args.dataloader_pin_memory` when training runs on the CPU.
 
@@ -258,6 +273,10 @@ class VideoMambaTrainer(Trainer):
         self._mixing_position = (None, 0)
         self.add_callback(DatasetEpochCallback(self))
         pin_memory_only_with_accelerator(self.args)
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list:
+        """No weight decay on A_log, D, biases, norms, position embeddings and the cls token (`decay_parameter_names`)."""
+        return decay_parameter_names(model)
 
     def _mixing_generator(self) -> np.random.Generator:
         """A generator for the next micro-batch's mixing, keyed by its place in training (not by history)."""
@@ -454,6 +473,7 @@ __all__ = [
     "VideoMambaTrainer",
     "collate_clips",
     "compute_metrics",
+    "decay_parameter_names",
     "load_samples",
     "parse_config_overrides",
     "pin_memory_only_with_accelerator",

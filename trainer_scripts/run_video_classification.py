@@ -38,8 +38,8 @@ class ModelArguments:
     preset: str = field(
         default=None,
         metadata={
-            "help": "Train from scratch with a paper size: tiny, small or middle (learning rate 1e-3 and token_order "
-            "hybrid unless given)."
+            "help": "Train from scratch with a paper size: tiny, small or middle (learning rate 1e-3, token_order "
+            "hybrid, use_mean_pooling true and tubelet_size 2 unless given)."
         },
     )
     config_overrides: str = field(
@@ -91,10 +91,13 @@ def _subsample(samples, count, seed):
 # TrainingArguments' default learning rate (5e-5) suits fine-tuning; from scratch it leaves the loss at chance
 # for the whole first epoch (README "Training from scratch"), so --preset runs that keep it get this instead.
 FROM_SCRATCH_LEARNING_RATE = 1e-3
-# The paper's spatial-first order suits weights pretrained on images; from scratch, alternating it with
-# temporal-first scanning learns motion much faster while the first epoch still learns (README "Training from
-# scratch"). Converted checkpoints and --model_name_or_path keep the order saved in their config.
-FROM_SCRATCH_TOKEN_ORDER = "hybrid"
+# Config fields --preset sets unless --config_overrides names them (README "Training from scratch"): the paper's
+# spatial-first order suits weights pretrained on images, while from scratch alternating it with temporal-first
+# scanning links a patch to itself through time; the head reads the mean of the patch tokens, since the cls
+# token at scan position 0 sees the clip weighted by scan distance; two-frame tubelets (VideoMAE's) put
+# consecutive frames into one token and halve the tokens. Converted checkpoints and --model_name_or_path keep
+# the config saved with them.
+FROM_SCRATCH_CONFIG = {"token_order": "hybrid", "use_mean_pooling": True, "tubelet_size": 2}
 
 
 def use_from_scratch_learning_rate(model_args, training_args, argv=None):
@@ -147,13 +150,19 @@ def build_model(model_args, data_args, num_labels, label2id):
     for name, value in sizes.items():
         if overrides.setdefault(name, value) != value:
             raise ValueError(f"--{name} {value} contradicts {name}={overrides[name]} in --config_overrides.")
-    if "token_order" not in overrides:
+    defaults = {name: value for name, value in FROM_SCRATCH_CONFIG.items() if name not in overrides}
+    num_frames = overrides.get("num_frames", VideoMambaConfig.from_preset(model_args.preset).num_frames)
+    if num_frames % defaults.get("tubelet_size", 1):
+        del defaults["tubelet_size"]  # clips of an odd length keep one frame per token
+    if "tubelet_size" in defaults and model_args.teacher_model_name_or_path:
+        # Self-distillation aligns token features, so the student tokenises clips as its teacher does.
+        defaults["tubelet_size"] = VideoMambaConfig.from_pretrained(model_args.teacher_model_name_or_path).tubelet_size
+    if defaults:
         logger.info(
-            f"--preset trains from scratch: token_order={FROM_SCRATCH_TOKEN_ORDER!r} (pass "
-            "--config_overrides token_order=spatial_first for the paper's order)."
+            f"--preset trains from scratch with {defaults} (name them in --config_overrides to choose; the "
+            "paper's: token_order=spatial_first,use_mean_pooling=false,tubelet_size=1)."
         )
-        overrides["token_order"] = FROM_SCRATCH_TOKEN_ORDER
-    config = VideoMambaConfig.from_preset(model_args.preset, **overrides, **labels)
+    config = VideoMambaConfig.from_preset(model_args.preset, **{**defaults, **overrides}, **labels)
     return VideoMambaForVideoClassification(config)
 
 
