@@ -37,8 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_models import MODELS, MODES, SIZES, build_model  # noqa: E402
 from timing import max_relative_error, print_table, summary, time_call  # noqa: E402
 
+from modeling_videomamba.configuration_videomamba import SCAN_IMPLEMENTATIONS as IMPLEMENTATIONS  # noqa: E402
 from modeling_videomamba.selective_scan import (  # noqa: E402
-    IMPLEMENTATIONS,
     cuda_kernels_available,
     cuda_kernels_problem,
     selective_scan,
