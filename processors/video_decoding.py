@@ -242,6 +242,26 @@ def _resize_array(array, height, width):
 _UNREAD = object()
 
 
+
+_REFORMAT_THREADS = {"threads": 1}
+
+
+def _to_rgb_array(frame) -> "np.ndarray":
+    """(H, W, 3) uint8 RGB of a decoded frame, converted on one thread.
+
+    PyAV 18's converter otherwise starts swscale slice threads, kept by the frame; a frame that lives on in a
+    reference cycle (reading its side data makes one) and is collected in a forked child (a DataLoader worker)
+    waits forever on condition variables of threads the child does not have.
+    """
+    global _REFORMAT_THREADS
+    try:
+        return frame.to_ndarray(format="rgb24", **_REFORMAT_THREADS)
+    except TypeError:  # PyAV before 18 has no `threads` (and converts on one thread)
+        if not _REFORMAT_THREADS:
+            raise
+        _REFORMAT_THREADS = {}
+        return frame.to_ndarray(format="rgb24")
+
 class _FrameConverter:
     """Decoded frame -> RGB uint8 (H, W, 3) at `size` (the stream's first frame's coded size; None: the
     first frame converted), then as displayed."""
@@ -258,7 +278,7 @@ class _FrameConverter:
         self.matrix = None if keep_coded_frames else _UNREAD
 
     def __call__(self, frame):
-        array = frame.to_ndarray(format="rgb24")
+        array = _to_rgb_array(frame)
         if self.size is None:
             self.size = array.shape[:2]
         if array.shape[:2] != self.size:

@@ -332,3 +332,33 @@ def test_time_and_index_sampling_agree_at_a_constant_frame_rate():
             num_total, 8, training=True, rng=np.random.default_rng(seed), timeline=timeline
         )
         assert (by_time == segment_indices(num_total, 8, training=True, rng=np.random.default_rng(seed))).all()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (DataLoader workers fork on Linux)")
+def test_frames_left_for_the_garbage_collector_do_not_hang_a_forked_worker(tmp_path):
+    """A decoded frame that outlives its decoding in a reference cycle may be collected in a forked DataLoader
+    worker; its converter must hold no threads there (PyAV 18's default started swscale slice threads, and the
+    worker then waited forever while freeing them)."""
+    import gc
+    import signal
+    import time
+
+    path = write_h264(tmp_path / "clip.mp4", make_frames(12, 48, 64), fps=10)
+    gc.disable()
+    try:
+        read_video(path)
+        pid = os.fork()
+        if pid == 0:
+            gc.collect()
+            os._exit(0)
+    finally:
+        gc.enable()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("a forked child hung while collecting frames decoded in its parent")
