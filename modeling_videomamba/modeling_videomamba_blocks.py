@@ -28,7 +28,9 @@ def compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype the matmuls run in for parameters of `dtype` on `device`: autocast's when it is on there
     and would cast them (float32), else `dtype` itself (a model loaded or cast to bf16, fp16 or fp64)."""
     device_type = torch.device(device).type
-    if dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+    # (autocast exists for some device types only: the meta device of a FLOP count has none)
+    autocasting = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    if dtype == torch.float32 and autocasting:
         return torch.get_autocast_dtype(device_type)
     return dtype
 

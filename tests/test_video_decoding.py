@@ -36,7 +36,8 @@ def _plain_decode(path, wanted=None):
     with av.open(os.fspath(path)) as container:
         for packet in container.demux(video=0):
             try:
-                frames.extend(frame.to_ndarray(format="rgb24") for frame in packet.decode())
+                # (one-thread conversion: a threaded frame left to the collector hangs forked test workers)
+                frames.extend(video_decoding._to_rgb_array(frame) for frame in packet.decode())
             except av.InvalidDataError:
                 pass
     return frames if wanted is None else np.stack([frames[i] for i in wanted])
@@ -344,6 +345,7 @@ def test_frames_left_for_the_garbage_collector_do_not_hang_a_forked_worker(tmp_p
     import time
 
     path = write_h264(tmp_path / "clip.mp4", make_frames(12, 48, 64), fps=10)
+    gc.collect()  # only this test's frames are left for the child to collect
     gc.disable()
     try:
         read_video(path)
