@@ -17,7 +17,6 @@ per measurement: see bench_models.py.
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,24 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from bench_models import build_model  # noqa: E402
-from timing import print_table  # noqa: E402
-
-
-def cpu_model() -> str:
-    """The CPU's model name and vector extensions from /proc/cpuinfo (platform's name elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            text = info.read()
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = {}
-    for line in text.splitlines():  # the first CPU's fields
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name") or platform.machine()
-    flags = set(fields.get("flags", "").split())
-    extensions = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
-    return f"{name} (family {fields.get('cpu family', '?')}; {', '.join(extensions) or 'no AVX2'})"
+from timing import cpu_model, print_table  # noqa: E402
 
 
 def forward_call(model, pixel_values, autocast=False):

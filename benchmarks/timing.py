@@ -1,5 +1,6 @@
 """Small timing helpers shared by the benchmark scripts (run them from the repository root)."""
 
+import platform
 import statistics
 import time
 
@@ -49,9 +50,25 @@ def print_table(title: str, header, rows):
         print("  ".join(cells))
 
 
+def cpu_model() -> str:
+    """The CPU's model name and vector extensions from /proc/cpuinfo (platform's name elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            text = info.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in text.splitlines():  # the first CPU's fields
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    extensions = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
+    return f"{name} (family {fields.get('cpu family', '?')}; {', '.join(extensions) or 'no AVX2'})"
+
+
 def machine_description() -> str:
     import os
-    import platform
 
     threads = torch.get_num_threads()
     cpu = platform.processor() or platform.machine()

@@ -1,10 +1,11 @@
-"""benchmarks/bench_cpu_speed.py's helpers: alternated timing and the CPU's name (the benchmark itself is a script)."""
+"""The CPU benchmarks' helpers: alternated timing (bench_cpu_speed.py) and the CPU's name (timing.py) (the benchmark itself is a script)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench_cpu_speed  # noqa: E402
+import timing  # noqa: E402
 
 
 def test_alternate_swaps_the_order_every_repeat_and_returns_medians():
@@ -27,4 +28,4 @@ def test_cpu_model_names_the_cpu_and_its_vector_extensions(monkeypatch, tmp_path
         return real_open(info if path == "/proc/cpuinfo" else path, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", fake_open)
-    assert bench_cpu_speed.cpu_model() == "Test CPU 9000 (family 25; avx2, avx512f)"
+    assert timing.cpu_model() == "Test CPU 9000 (family 25; avx2, avx512f)"
