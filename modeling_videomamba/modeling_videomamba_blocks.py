@@ -3,6 +3,9 @@
 The selective scan itself lives in `selective_scan.py` (its CPU and GPU implementations beside it).
 """
 
+import functools
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +36,34 @@ def compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     if dtype == torch.float32 and autocasting:
         return torch.get_autocast_dtype(device_type)
     return dtype
+
+
+# Set to 0 to keep CPU autocast's half-precision matmuls even where the CPU only emulates them.
+HALF_FALLBACK_ENV_VAR = "VIDEOMAMBA_CPU_HALF_FALLBACK"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_half_matmuls(dtype: torch.dtype) -> bool:
+    """Whether oneDNN runs `dtype` matmuls on this CPU's own instructions (bf16: AVX512-BF16 or AMX;
+    fp16: AVX512-FP16 or AMX-FP16) rather than a conversion-heavy emulation, 3-6x slower than fp32."""
+    probes = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+    if dtype not in probes:
+        return True
+    try:
+        return bool(getattr(torch.ops.mkldnn, probes[dtype])())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN: keep autocast as it is
+        return True
+
+
+def autocast_is_emulated(device: torch.device) -> bool:
+    """True under CPU autocast to a half dtype this CPU has no matmul instructions for: the blocks and the
+    patch embedding then compute in fp32 with autocast off (faster there, and more exact); their outputs
+    keep autocast's dtype where callers see them. VIDEOMAMBA_CPU_HALF_FALLBACK=0 keeps half precision."""
+    if torch.device(device).type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    if os.environ.get(HALF_FALLBACK_ENV_VAR, "1") == "0":
+        return False
+    return not cpu_has_half_matmuls(torch.get_autocast_dtype("cpu"))
 
 
 class VideoMambaRMSNorm(nn.Module):
@@ -209,17 +240,25 @@ class VideoMambaLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, scan_order: torch.Tensor = None) -> torch.Tensor:
         """hidden_states: the residual stream (B, L, D). `scan_order` (L,) permutes the tokens the mixer sees."""
-        # The norm's weight gives the compute dtype: it is always a float, unlike a quantized Linear's weight.
-        # Under autocast the norm's output goes to the mixer in autocast's dtype, as the original's fused norm.
-        normed = self.norm(hidden_states).to(compute_dtype(self.norm.weight.dtype, hidden_states.device))
-        if scan_order is None:
-            mixed = self.mixer(normed)
+        normed = self.norm(hidden_states)  # at least fp32
+        if autocast_is_emulated(hidden_states.device):
+            with torch.autocast("cpu", enabled=False):
+                mixed = self._mix(normed, scan_order)
         else:
-            # The mixer's output dtype (autocast's, under autocast) need not be its input's.
-            reordered = self.mixer(normed[:, scan_order])
-            mixed = torch.empty_like(reordered)
-            mixed[:, scan_order] = reordered
+            # The norm's weight gives the compute dtype: it is always a float, unlike a quantized Linear's weight.
+            # Under autocast the norm's output goes to the mixer in autocast's dtype, as the original's fused norm.
+            mixed = self._mix(normed.to(compute_dtype(self.norm.weight.dtype, hidden_states.device)), scan_order)
         return hidden_states + self.drop_path(mixed).to(hidden_states.dtype)
+
+    def _mix(self, normed: torch.Tensor, scan_order: torch.Tensor = None) -> torch.Tensor:
+        """The mixer over the tokens in `scan_order`, returned in the stream's token order (B, L, D)."""
+        if scan_order is None:
+            return self.mixer(normed)
+        # The mixer's output dtype (autocast's, under autocast) need not be its input's.
+        reordered = self.mixer(normed[:, scan_order])
+        mixed = torch.empty_like(reordered)
+        mixed[:, scan_order] = reordered
+        return mixed
 
 
 def temporal_first_order(frames: int, height: int, width: int, device=None) -> torch.Tensor:

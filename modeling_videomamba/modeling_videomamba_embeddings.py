@@ -3,6 +3,7 @@
 Tokens are the cls token followed by the patches in spatial-first order: token 1 + t*h*w + i*w + j is patch (t, i, j).
 """
 
+import contextlib
 import math
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_videomamba import VideoMambaConfig
+from .modeling_videomamba_blocks import autocast_is_emulated
 
 
 class VideoMambaPatchEmbeddings(nn.Module):
@@ -43,15 +45,17 @@ class VideoMambaPatchEmbeddings(nn.Module):
         height, width = pixel_values.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"Frame size {height}x{width} is not divisible by the patch size {self.patch_size}.")
+        if self.is_video and pixel_values.shape[1] % self.tubelet_size:
+            raise ValueError(
+                f"The number of frames ({pixel_values.shape[1]}) is not divisible by tubelet_size ({self.tubelet_size})."
+            )
         pixel_values = pixel_values.to(self.projection.weight.dtype)
-        if self.is_video:
-            if pixel_values.shape[1] % self.tubelet_size:
-                raise ValueError(
-                    f"The number of frames ({pixel_values.shape[1]}) is not divisible by tubelet_size ({self.tubelet_size})."
-                )
-            patches = self.projection(pixel_values.transpose(1, 2))  # (B, D, T', h, w)
-        else:
-            patches = self.projection(pixel_values).unsqueeze(2)  # (B, D, 1, h, w)
+        # (a half-precision Conv3d has no oneDNN path on CPUs without half instructions: a slow generic one)
+        with torch.autocast("cpu", enabled=False) if autocast_is_emulated(pixel_values.device) else contextlib.nullcontext():
+            if self.is_video:
+                patches = self.projection(pixel_values.transpose(1, 2))  # (B, D, T', h, w)
+            else:
+                patches = self.projection(pixel_values).unsqueeze(2)  # (B, D, 1, h, w)
         return patches.permute(0, 2, 3, 4, 1)
 
 

@@ -11,6 +11,11 @@ relative size eps (the dtype's machine epsilon) add in quadrature, so an output 
 and the head is expected within eps * sqrt(8 * depth + 2) relative (Frobenius) error of the fp32 run;
 the test allows 2x that (bf16: eps = 2^-7, bound 0.066 at depth 2). A wrong token order gives O(1)
 errors; the bf16 logits measured here are about 0.01 from fp32.
+
+On a CPU without bf16/fp16 matmul instructions (this CI's) the blocks and the patch embedding compute
+in fp32 under CPU autocast (`autocast_is_emulated`): the tests of the half-precision path turn that
+fallback off (VIDEOMAMBA_CPU_HALF_FALLBACK=0), so they check what a CPU with AVX512-BF16/AMX or a GPU runs;
+the fallback has tests of its own at the end.
 """
 
 import math
@@ -29,10 +34,19 @@ from modeling_videomamba import (
     VideoMambaVideoTextModel,
 )
 
+blocks = pytest.importorskip("modeling_videomamba.modeling_videomamba_blocks")
+
 ORDERS = ["spatial_first", "temporal_first", "hybrid"]
 TINY = dict(image_size=16, patch_size=8, num_frames=2, hidden_size=16, num_hidden_layers=2, dt_init="mamba")
 # The Triton interpreter runs each kernel program in Python: the smallest model keeps it to seconds.
 TRITON_TINY = dict(TINY, hidden_size=8)
+
+
+@pytest.fixture(autouse=True)
+def half_precision_compute(request, monkeypatch):
+    """Half-precision matmuls under CPU autocast whatever this CPU has, unless a test asks for the fallback."""
+    if "fallback" not in request.node.name:
+        monkeypatch.setenv(blocks.HALF_FALLBACK_ENV_VAR, "0")
 
 
 def _devices():
@@ -162,7 +176,6 @@ def test_model_held_in_bf16_runs_forward_and_backward(order, load, tmp_path):
 @pytest.mark.parametrize("implementation", ["fast", "native", "triton"])
 def test_scan_reads_and_writes_the_compute_dtype_under_autocast(implementation, monkeypatch):
     """As the original's fused kernel: u, delta, B, C and y in bf16 at the scan's call, the state fp32 inside."""
-    blocks = __import__("modeling_videomamba.modeling_videomamba_blocks", fromlist=["selective_scan_tokens_first"])
     seen = []
 
     def recording(u, delta, A, B, C, **kwargs):
@@ -178,3 +191,51 @@ def test_scan_reads_and_writes_the_compute_dtype_under_autocast(implementation, 
         model(torch.randn(1, 2, 3, 16, 16)).last_hidden_state.float().sum().backward()
     bf16, fp32 = torch.bfloat16, torch.float32
     assert seen and all(dtypes == (bf16, bf16, bf16, bf16, fp32, bf16, fp32) for dtypes in seen), seen
+
+
+def _matmul_input_dtypes(model):
+    """Records the output dtype (the dtype it computed in) of every in_proj and of the patch embedding's conv."""
+    seen = []
+    for name, module in model.named_modules():
+        if name.endswith("in_proj") or name.endswith("patch_embeddings.projection"):
+            kind = "conv" if "patch" in name else "in_proj"
+            module.register_forward_hook(lambda m, args, out, kind=kind: seen.append((kind, out.dtype)))
+    return seen
+
+
+@pytest.mark.parametrize("has_instructions", [False, True], ids=["without", "with"])
+def test_cpu_fallback_computes_in_fp32_where_half_matmuls_are_emulated(has_instructions, monkeypatch):
+    """CPU autocast on a CPU without bf16 matmuls (AVX2-only x86): blocks and patch embedding in fp32, outputs
+    still in autocast's dtype, gradients fp32; with the instructions, the half-precision path as before."""
+    monkeypatch.setattr(blocks, "cpu_has_half_matmuls", lambda dtype: has_instructions)
+    torch.manual_seed(0)
+    model = VideoMambaForVideoClassification(VideoMambaConfig(**TINY, token_order="hybrid", num_labels=3)).eval()
+    video, labels = torch.randn(2, 2, 3, 16, 16), torch.tensor([0, 2])
+    reference = model(video).logits
+    seen = _matmul_input_dtypes(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(video, labels=labels, output_hidden_states=True)
+    out.loss.backward()
+    compute = torch.bfloat16 if has_instructions else torch.float32
+    assert {kind for kind, _ in seen} == {"conv", "in_proj"} and all(dtype == compute for _, dtype in seen), seen
+    assert out.logits.dtype == torch.bfloat16 and all(h.dtype == torch.float32 for h in out.hidden_states)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in model.parameters())
+    error = _relative_error(out.logits, reference)
+    if has_instructions:
+        assert error < _tolerance(torch.bfloat16, TINY["num_hidden_layers"])
+    else:
+        # Only the final norm's output and the head are rounded to bf16: a few eps, not eps * sqrt(8 * depth).
+        assert error < 3 * torch.finfo(torch.bfloat16).eps, error
+
+
+def test_cpu_fallback_off_by_environment_and_off_outside_cpu_autocast(monkeypatch):
+    probe = blocks.cpu_has_half_matmuls
+    assert isinstance(probe(torch.bfloat16), bool) and isinstance(probe(torch.float16), bool) and probe(torch.float32)
+    monkeypatch.setattr(blocks, "cpu_has_half_matmuls", lambda dtype: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert blocks.autocast_is_emulated(torch.device("cpu"))
+        assert not blocks.autocast_is_emulated(torch.device("meta"))
+        monkeypatch.setenv(blocks.HALF_FALLBACK_ENV_VAR, "0")
+        assert not blocks.autocast_is_emulated(torch.device("cpu"))
+    monkeypatch.delenv(blocks.HALF_FALLBACK_ENV_VAR)
+    assert not blocks.autocast_is_emulated(torch.device("cpu"))  # no autocast
