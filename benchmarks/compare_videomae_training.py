@@ -69,9 +69,18 @@ def epoch_means(step_losses: list, steps_per_epoch: int) -> list:
     return [sum(chunk) / len(chunk) for chunk in chunks]
 
 
+def per_class_accuracy(trainer) -> dict:
+    """{class name: held-out accuracy of that class}: shows which pair of an order-only task is at chance."""
+    prediction = trainer.predict(trainer.eval_dataset)
+    predicted, labels = prediction.predictions.argmax(-1), prediction.label_ids
+    names = trainer.model.config.id2label
+    return {names[int(c)]: float((predicted[labels == c] == c).mean()) for c in sorted(set(labels.tolist()))}
+
+
 def run_script(argv: list, model=None) -> tuple:
-    """(held-out accuracy, process CPU seconds of the run, training loss of every step, parameter count) of one run of the training script;
-    `model` (a classifier) replaces the one `--preset` would build, everything else as the script does it."""
+    """(held-out accuracy, process CPU seconds of the run, training loss of every step, parameter count,
+    per-class held-out accuracy) of one run of the training script; `model` (a classifier) replaces the one
+    `--preset` would build, everything else as the script does it."""
     start = time.process_time()
     if model is None:
         trainer = script.main(argv)
@@ -82,7 +91,7 @@ def run_script(argv: list, model=None) -> tuple:
     history = trainer.state.log_history
     losses = [entry["loss"] for entry in history if "loss" in entry]
     accuracy = [entry["eval_accuracy"] for entry in history if "eval_accuracy" in entry][-1]
-    return accuracy, seconds, losses, count_parameters(trainer.model)
+    return accuracy, seconds, losses, count_parameters(trainer.model), per_class_accuracy(trainer)
 
 
 def main(argv=None):
@@ -149,16 +158,17 @@ def main(argv=None):
                             mamba = script.build_model(model_args, data_args, len(labels), {n: i for i, n in enumerate(labels)})
                             torch.manual_seed(seed)
                             model = VideoMAEForVideoClassification(videomae_config_like(mamba.config, args.videomae_head_dim, args.videomae_tubelet_size))
-                        accuracy, seconds, losses, parameters = run_script(common + output_dir, model)
+                        accuracy, seconds, losses, parameters, by_class = run_script(common + output_dir, model)
                         count = sum(1 for _ in (data_dir / "train").rglob("*.mp4"))
                         steps_per_epoch = -(-count // args.batch_size)
                         accuracies.setdefault((name, learning_rate), []).append(accuracy)
                         rows.append([
                             name, f"{parameters / 1e3:.0f}k", data_seed, f"{learning_rate:g}", seed, f"{accuracy:.3f}", f"{seconds:.0f}",
                             " ".join(f"{loss:.2f}" for loss in epoch_means(losses, steps_per_epoch)),
+                            " ".join(f"{name_}: {value:.2f}" for name_, value in by_class.items()),
                         ])
                         print(f"{name} ({parameters / 1e3:.0f}k) data {data_seed} lr {learning_rate:g} seed {seed}: held-out "
-                              f"accuracy {accuracy:.3f}, {seconds:.0f} CPU s, epoch losses {rows[-1][-1]}", flush=True)
+                              f"accuracy {accuracy:.3f} ({rows[-1][-1]}), {seconds:.0f} CPU s, epoch losses {rows[-1][-2]}", flush=True)
 
     print(
         f"\n{len(args.classes)} classes ({args.train_per_class} training / {args.validation_per_class} held-out clips a class, "
@@ -168,7 +178,7 @@ def main(argv=None):
     )
     print_table(
         f"Held-out accuracy after training from scratch (chance loss ln {len(args.classes)} = {math.log(len(args.classes)):.2f})",
-        ["model", "params", "data", "lr", "seed", "accuracy", "train CPU s", "mean training loss per epoch"], rows,
+        ["model", "params", "data", "lr", "seed", "accuracy", "train CPU s", "mean training loss per epoch", "per class"], rows,
     )
     for (name, learning_rate), values in accuracies.items():
         print(f"{name} lr {learning_rate:g}: mean accuracy {sum(values) / len(values):.3f}, min {min(values):.3f} over {len(values)} run(s)")

@@ -210,8 +210,12 @@ def test_videomae_comparison_trains_both_models_and_reports_every_epoch(tmp_path
     assert set(accuracies) == {("VideoMamba", 1e-3), ("VideoMAE", 1e-3)} and all(len(v) == 1 for v in accuracies.values())
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
     rows = [cells for cells in lines if len(cells) > 1 and cells[0] in ("VideoMamba", "VideoMAE") and cells[1].endswith("k")]
-    # model, params, data, lr, seed, accuracy, CPU s, 2 epochs
-    assert len(rows) == 2 and all(len(row) == 7 + 2 for row in rows), rows
+    # model, params, data, lr, seed, accuracy, CPU s, 2 epochs, then "class: accuracy" for both classes
+    assert len(rows) == 2 and all(len(row) == 7 + 2 + 2 * 2 for row in rows), rows
+    for row in rows:
+        assert [row[9], row[11]] == ["brightening:", "darkening:"]
+        # one held-out clip a class: the overall accuracy is the mean of the per-class ones
+        assert abs((float(row[10]) + float(row[12])) / 2 - float(row[5])) < 1e-3, row
 
 
 
