@@ -9,7 +9,8 @@ given by --scaling), the native scan kernel alone, and bf16 autocast against fp3
 Both models are built once per frame count (fp32, batch 1, 224 px, random weights, tubelet 1, VideoMAE
 with SDPA attention); their calls alternate (the order swapped every repeat) so that load from other
 processes falls on both, and medians of wall-clock times are compared. Peak memory needs one process
-per measurement: see bench_models.py.
+per measurement: the memory row runs bench_models.py's child (peak RSS growth of one forward) at 8 and
+64 frames for both models at the default thread count (`--no-memory` skips it).
 
     python benchmarks/bench_cpu_speed.py                 # the table (a few minutes on 2 quiet cores)
     python benchmarks/bench_cpu_speed.py --repeats 5 --train-64 --scaling 1 2 4 8
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from bench_models import build_model  # noqa: E402
+from bench_models import build_model, run_child  # noqa: E402
 from timing import cpu_model, print_table  # noqa: E402
 
 
@@ -94,6 +95,21 @@ def scan_kernel_ms(repeats: int) -> float:
     return 1e3 * alternate({"scan": call}, 5 * repeats)["scan"]
 
 
+def peak_memory(threads: int) -> str:
+    """Peak-memory-per-frame growth from 8 to 64 frames of one forward, VideoMamba (and VideoMAE), one
+    subprocess per measurement (bench_models.py's child: peak RSS growth over the timed call)."""
+    peaks = {}
+    for name in ("videomamba", "videomae"):
+        for frames in (8, 64):
+            result = run_child(name, frames, "forward", 1, threads, timeout=1800)
+            if "error" in result:
+                return f"- ({name}, {frames} frames: {result['error']})"
+            peaks[name, frames] = result["peak_mb"]
+    growth = {name: peaks[name, 64] / 64 / (peaks[name, 8] / 8) for name in ("videomamba", "videomae")}
+    return (f"{growth['videomamba']:.2f} ({peaks['videomamba', 8]:.0f} -> {peaks['videomamba', 64]:.0f} MB; VideoMAE "
+            f"{growth['videomae']:.2f}, {peaks['videomae', 8]:.0f} -> {peaks['videomae', 64]:.0f} MB)")
+
+
 def measure(threads: int, args) -> dict:
     """Every figure of the table at one thread count."""
     torch.set_num_threads(threads)
@@ -148,6 +164,7 @@ def main():
     parser.add_argument("--long-repeats", type=int, default=1, help="timed calls per model at 64 frames")
     parser.add_argument("--train-64", action="store_true", help="also the 64-frame training step (minutes)")
     parser.add_argument("--scaling", type=int, nargs="*", help="thread counts for the scaling line (default 1..cores)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory row (one subprocess per model and length)")
     args = parser.parse_args()
     default_threads = args.threads or torch.get_num_threads()
     counts = sorted({1, default_threads})
@@ -158,6 +175,7 @@ def main():
     print(f"native scan: {'built' if load_native_scan() is not None else 'unavailable (the fast scan is used)'}")
     started = time.perf_counter()
     results = {count: measure(count, args) for count in counts}
+    memory = None if args.no_memory else peak_memory(default_threads)
     thread_counts = args.scaling or sorted({1, 2, default_threads} | {c for c in (4, 8, 16) if c <= default_threads})
     thread_counts = [count for count in thread_counts if count >= 1]
     scaled = scaling(thread_counts, args.repeats)
@@ -174,6 +192,9 @@ def main():
         bf16, fp32 = result["bf16"]["bf16"], result["bf16"]["fp32"]
         return f"{bf16 / fp32:.2f} ({bf16:.2f} s vs {fp32:.2f} s)"
 
+    from modeling_videomamba.modeling_videomamba_blocks import cpu_has_half_matmuls
+
+    bf16_goal = "< 1.0 (bf16 CPU)" if cpu_has_half_matmuls(torch.bfloat16) else "<= 1.1 (no bf16 instructions here)"
     rows = [
         row("forward, 8 frames (time ratio)", "<= 1.0", lambda r: ratio(r, "fwd8") + seconds(r, "fwd8")),
         row("forward, 64 frames", "<= 0.35", lambda r: ratio(r, "fwd64") + seconds(r, "fwd64")),
@@ -181,8 +202,10 @@ def main():
         row("training step, 16 frames", "<= 0.8", lambda r: ratio(r, "train16") + seconds(r, "train16")),
         row("training step, 64 frames", "<= 0.4", lambda r: ratio(r, "train64") + seconds(r, "train64")),
         row("native scan, L=1569, d=384, N=16, fwd", "-", lambda r: f"{r['scan_ms']:.1f} ms"),
-        row("bf16 autocast vs fp32, VideoMamba fwd 8 frames", "< 1.0 (bf16 CPUs)", autocast_cell),
+        row("bf16 autocast vs fp32, VideoMamba fwd 8 frames", bf16_goal, autocast_cell),
     ]
+    if memory is not None:
+        rows.append([f"peak memory per frame, 64 vs 8 frames, fwd ({default_threads} threads)", "flat (~1.0)", "", memory])
     if len(counts) > 1:
         one, many = results[counts[0]], results[counts[-1]]
         speedup = one["fwd8"]["videomamba"] / many["fwd8"]["videomamba"]

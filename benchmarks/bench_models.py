@@ -31,8 +31,8 @@ extra).
     python benchmarks/bench_models.py --frames 8 16 32 64 --repeats 3 --modes forward train train-ckpt
     # the native CPU scan kernel against the pure-PyTorch fast scan, and VideoMAE, one thread
     python benchmarks/bench_models.py --models videomamba videomae --scans native fast --modes forward --threads 1
-    # profile one VideoMamba forward (top operators)
-    python benchmarks/bench_models.py --profile --frames 8
+    # profile one forward of each model (top operators, then self time by operator category side by side)
+    python benchmarks/bench_models.py --profile --frames 8 --models videomamba videomae --threads 1
     # eager against torch.compile, and the scaling plots
     python benchmarks/bench_models.py --frames 8 16 32 --modes forward --compile --threads 1 --plot benchmarks
 """
@@ -176,19 +176,59 @@ def run_child(name, frames, mode, repeats, threads, timeout, scan="auto", compil
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def profile_videomamba(frames: int, threads: int, scan: str = "auto"):
+# Operator categories of the side-by-side profile, matched against the profiler's operator names in order.
+OP_CATEGORIES = (
+    ("selective scan kernel", ("native_scan", "selective_scan")),
+    ("attention (SDPA)", ("scaled_dot_product", "_flash_attention", "_efficient_attention", "softmax")),
+    ("matmuls", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+    ("convolutions", ("conv", "mkldnn_convolution")),
+    ("copies, flips, cat", ("aten::copy_", "aten::flip", "aten::cat", "aten::clone", "aten::contiguous")),
+)
+
+
+def op_category(name: str) -> str:
+    for category, patterns in OP_CATEGORIES:
+        if any(pattern in name for pattern in patterns):
+            return category
+    return "other element-wise (SiLU, gate, norms, adds)"
+
+
+def profile_models(models, frames: int, threads: int, scan: str = "auto"):
+    """One forward of each model under torch.profiler: the top operators, then a table of self time by
+    operator category side by side (where the time ratio between the models comes from)."""
     import torch
     from torch.profiler import profile
 
+    from timing import print_table
+
     if threads:
         torch.set_num_threads(threads)
-    model = build_model("videomamba", frames, scan)
     pixel_values = torch.randn(1, frames, 3, 224, 224)
-    with torch.no_grad():
-        model(pixel_values)
-        with profile() as prof:
+    split = {}
+    for name in models:
+        model = build_model(name, frames, scan)
+        with torch.no_grad():
             model(pixel_values)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+            with profile() as prof:
+                model(pixel_values)
+        averages = prof.key_averages()
+        print(f"\n{name}, {frames} frames, {torch.get_num_threads()} thread(s):")
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=15))
+        totals = {}
+        for event in averages:
+            category = op_category(event.key)
+            totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1e3
+        split[name] = totals
+    categories = [c for c, _ in OP_CATEGORIES] + ["other element-wise (SiLU, gate, norms, adds)"]
+    rows = []
+    for category in categories + ["total"]:
+        cells = [category]
+        for name in models:
+            value = sum(split[name].values()) if category == "total" else split[name].get(category, 0.0)
+            cells.append(f"{value:.0f} ({100 * value / sum(split[name].values()):.0f}%)")
+        rows.append(cells)
+    print_table(f"Self CPU ms by operator category, forward, {frames} frames, {torch.get_num_threads()} thread(s)",
+                ["category"] + list(models), rows)
 
 
 def main():
@@ -215,10 +255,11 @@ def main():
     )
     parser.add_argument("--compile", action="store_true", help="also measure VideoMamba under torch.compile")
     parser.add_argument("--plot", metavar="DIR", help="write scaling_<mode>.png (time and memory vs frames) here")
-    parser.add_argument("--profile", action="store_true", help="profile one VideoMamba forward and exit")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one forward of each --models model (top operators, then self time by category) and exit")
     args = parser.parse_args()
     if args.profile:
-        profile_videomamba(args.frames[0], args.threads, args.scans[0])
+        profile_models(args.models, args.frames[0], args.threads, args.scans[0])
         return
     if "native" in args.scans or "auto" in args.scans:
         # Build (or load) the kernel once here so no timed child pays for the compilation.

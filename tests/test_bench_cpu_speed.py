@@ -29,3 +29,19 @@ def test_cpu_model_names_the_cpu_and_its_vector_extensions(monkeypatch, tmp_path
 
     monkeypatch.setattr("builtins.open", fake_open)
     assert timing.cpu_model() == "Test CPU 9000 (family 25; avx2, avx512f)"
+
+
+def test_peak_memory_row_is_the_per_frame_growth_from_8_to_64_frames(monkeypatch):
+    # VideoMamba linear in frames (10 MB a frame), VideoMAE twice as much per frame at 64
+    peaks = {("videomamba", 8): 80.0, ("videomamba", 64): 640.0, ("videomae", 8): 100.0, ("videomae", 64): 1600.0}
+    seen = []
+
+    def child(name, frames, mode, repeats, threads, timeout):
+        seen.append((name, frames, mode, threads))
+        return {"peak_mb": peaks[name, frames]}
+
+    monkeypatch.setattr(bench_cpu_speed, "run_child", child)
+    assert bench_cpu_speed.peak_memory(2) == "1.00 (80 -> 640 MB; VideoMAE 2.00, 100 -> 1600 MB)"
+    assert {mode for *_, mode, _ in seen} == {"forward"} and {threads for *_, threads in seen} == {2} and len(seen) == 4
+    monkeypatch.setattr(bench_cpu_speed, "run_child", lambda *args, **kwargs: {"error": "timed out after 1800 s"})
+    assert bench_cpu_speed.peak_memory(2).startswith("- (videomamba, 8 frames: timed out")
