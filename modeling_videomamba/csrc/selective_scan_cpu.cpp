@@ -23,58 +23,144 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int64_t kTile = 16;
 
-// exp for float, branch-free so the lane loops vectorise: 2^k * p(r), r = x - k ln2 with a two-part
-// ln2 (Cody-Waite) and a degree-6 minimax polynomial (Cephes' expf coefficients, ~1 ulp). The input is
-// clamped so 2^k stays a normal float; exp(-87.3) ~ 1e-38 stands in for the denormal range. (The
-// clamps are plain selects: with -fno-trapping-math GCC if-converts them and vectorises the loops.)
-inline float exp_lane(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.3f ? 88.3f : x;
-  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
+// ---------------------------------------------------------------------------------------------------
+// Packs: the float kernel works on native vectors of kWidth floats (GCC/Clang vector extensions), one
+// AVX-512 register, one AVX2 register or 128 bits otherwise; a 16-lane tile row is kTile / kWidth
+// packs. Written out rather than left to the auto-vectoriser, which made exp's clamps compares and
+// blends. float64 uses "packs" of one double (plain lane loops, std::exp).
+// ---------------------------------------------------------------------------------------------------
+#if defined(__AVX512F__)
+constexpr int64_t kWidth = 16;
+#elif defined(__AVX2__)
+constexpr int64_t kWidth = 8;
+#else
+constexpr int64_t kWidth = 4;
+#endif
+typedef float VecF __attribute__((vector_size(kWidth * sizeof(float))));
+typedef int32_t VecI __attribute__((vector_size(kWidth * sizeof(int32_t))));
+
+template <typename T> struct PackOf { using type = T; };
+template <> struct PackOf<float> { using type = VecF; };
+template <typename T> using Pack = typename PackOf<T>::type;
+template <typename T> constexpr int64_t kPacks = kTile * sizeof(T) / sizeof(Pack<T>);  // packs per tile row
+template <typename T> constexpr int64_t kLanes = sizeof(Pack<T>) / sizeof(T);          // lanes per pack
+
+template <typename P, typename T> inline P load(const T* p) {
+  P v;
+  std::memcpy(&v, p, sizeof(P));
+  return v;
+}
+template <typename P, typename T> inline void store(T* p, const P& v) { std::memcpy(p, &v, sizeof(P)); }
+
+// max(lo, x) / min(hi, x) with x second, so that a NaN x comes back as NaN (the instructions return
+// their second operand when either is NaN).
+inline VecF max_of(VecF lo, VecF x) {
+#if defined(__AVX512F__)
+  return (VecF)_mm512_max_ps((__m512)lo, (__m512)x);
+#elif defined(__AVX2__)
+  return (VecF)_mm256_max_ps((__m256)lo, (__m256)x);
+#else
+  return lo > x ? lo : x;
+#endif
+}
+inline VecF min_of(VecF hi, VecF x) {
+#if defined(__AVX512F__)
+  return (VecF)_mm512_min_ps((__m512)hi, (__m512)x);
+#elif defined(__AVX2__)
+  return (VecF)_mm256_min_ps((__m256)hi, (__m256)x);
+#else
+  return hi < x ? hi : x;
+#endif
+}
+inline double max_of(double lo, double x) { return lo > x ? lo : x; }
+
+// a * b + c in one rounding where the CPU has FMA (the exp's accuracy counts on it there).
+inline VecF fmadd(VecF a, VecF b, VecF c) {
+#if defined(__AVX512F__)
+  return (VecF)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+  return (VecF)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  return a * b + c;
+#endif
+}
+inline double fmadd(double a, double b, double c) { return a * b + c; }
+
+inline VecF splat(float x) {
+#if defined(__AVX512F__)
+  return (VecF)_mm512_set1_ps(x);
+#elif defined(__AVX2__)
+  return (VecF)_mm256_set1_ps(x);
+#else
+  return VecF{} + x;
+#endif
+}
+inline double splat(double x) { return x; }
+
+// exp for a pack of floats, branch-free: 2^k * p(r), r = x - k ln2 with a two-part ln2 (Cody-Waite)
+// and p a degree-6 polynomial fitted (minimax relative error 5e-9 with these fp32 coefficients) on
+// |r| <= ln2 / 2, in Horner form. k is rounded to nearest by adding 1.5 * 2^23 (+ 127, the exponent
+// bias): the sum's low mantissa bits then hold k + 127, and shifted left by 23 they are 2^k's bits.
+// x is clamped to [kExpLow, kExpHigh] so 2^k stays a normal float (exp(-87.3) ~ 1e-38 stands in for
+// the denormal range); NaN stays NaN. Within 0.9 ulp of exp over that range (checked exhaustively
+// when it was written; tests/test_native_scan.py checks it through the scan). kClamp = false skips
+// the clamp, for callers that know x is inside the range (the result is then the same).
+constexpr float kExpLow = -87.3f, kExpHigh = 88.3f;
+
+template <bool kClamp = true>
+inline VecF exp_pack(VecF x) {
+  const VecF shift = splat(12582912.0f + 127.0f);
+  if (kClamp) x = min_of(splat(kExpHigh), max_of(splat(kExpLow), x));
+  const VecF biased = fmadd(x, splat(1.44269504088896341f), shift);
+  const VecF k = biased - shift;
+  VecF r = fmadd(k, splat(-0.693359375f), x);
+  r = fmadd(k, splat(2.12194440e-4f), r);
+  VecF p = splat(1.388586126e-3f);
+  p = fmadd(p, r, splat(8.372968994e-3f));
+  p = fmadd(p, r, splat(4.166749120e-2f));
+  p = fmadd(p, r, splat(1.666647643e-1f));
+  p = fmadd(p, r, splat(4.999999404e-1f));
+  p = fmadd(p, r, splat(1.0f));
+  p = fmadd(p, r, splat(1.0f));
+  VecI bits;
+  std::memcpy(&bits, &biased, sizeof(bits));
+  bits <<= 23;
+  VecF scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return p * scale;  // a product, not an add to the exponent bits, so NaN stays NaN
 }
 
-inline double exp_lane(double x) { return std::exp(x); }
+template <bool kClamp = true>
+inline double exp_pack(double x) { return std::exp(x); }
 
 // log1p(y) for y in [0, 1] as 2 atanh(s), s = y / (2 + y) in [0, 1/3]: the odd series to s^15 is
 // below float rounding there and keeps full relative accuracy for tiny y (no 1 + y cancellation).
-inline float log1p_unit(float y) {
-  const float s = y / (2.0f + y), s2 = s * s;
-  float p = 1.0f / 15.0f;
-  p = p * s2 + 1.0f / 13.0f;
-  p = p * s2 + 1.0f / 11.0f;
-  p = p * s2 + 1.0f / 9.0f;
-  p = p * s2 + 1.0f / 7.0f;
-  p = p * s2 + 1.0f / 5.0f;
-  p = p * s2 + 1.0f / 3.0f;
-  p = p * s2 + 1.0f;
+inline VecF log1p_unit(VecF y) {
+  const VecF s = y / (2.0f + y), s2 = s * s;
+  VecF p = splat(1.0f / 15.0f);
+  for (const float c : {1.0f / 13.0f, 1.0f / 11.0f, 1.0f / 9.0f, 1.0f / 7.0f, 1.0f / 5.0f, 1.0f / 3.0f, 1.0f}) {
+    p = fmadd(p, s2, splat(c));
+  }
   return 2.0f * s * p;
 }
 
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)), and its slope sigmoid(x), branch-free.
-inline void softplus_lane(float x, float& value, float& slope) {
-  const float e = exp_lane(x < 0.0f ? x : -x);
-  value = (x > 0.0f ? x : 0.0f) + log1p_unit(e);
-  const float r = 1.0f / (1.0f + e);
+inline void softplus_pack(VecF x, VecF& value, VecF& slope) {
+  const VecF e = exp_pack(min_of(x, -x));
+  value = max_of(VecF{}, x) + log1p_unit(e);
+  const VecF r = 1.0f / (1.0f + e);
   slope = x > 0.0f ? r : e * r;
 }
 
-inline void softplus_lane(double x, double& value, double& slope) {
+inline void softplus_pack(double x, double& value, double& slope) {
   const double e = std::exp(-std::abs(x));
   value = std::max(x, 0.0) + std::log1p(e);
   slope = x > 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
@@ -88,17 +174,85 @@ struct Options {
 };
 
 // delta_t of a task's lanes: raw + bias, then softplus; slope = d delta / d raw (1 without softplus).
-// (Two loops rather than a test inside one, so each has straight-line lanes that vectorise.)
 template <typename T>
 inline void prepare_delta(T* dl, T* slope, const T* bias, bool softplus) {
-  if (softplus) {
-    for (int64_t c = 0; c < kTile; ++c) softplus_lane(dl[c] + bias[c], dl[c], slope[c]);
-  } else {
-    for (int64_t c = 0; c < kTile; ++c) {
-      dl[c] += bias[c];
-      slope[c] = T(1);
+  using P = Pack<T>;
+  for (int64_t j = 0; j < kTile; j += kLanes<T>) {
+    P x = load<P>(dl + j) + load<P>(bias + j), value = x, dvalue = P{} + T(1);
+    if (softplus) softplus_pack(x, value, dvalue);
+    store(dl + j, value);
+    store(slope + j, dvalue);
+  }
+}
+
+// One step of the recurrence for all state rows n of a tile: s_n <- exp(delta A_n) s_n + (delta u) B_n.
+// The forward (kBackward false) adds <s_n, C_n> over n to acc; the backward's recomputation instead
+// keeps exp(delta A_n) in decay and writes the new states one state block further (Ct and acc
+// unused). At least two packs are in flight per iteration (two rows when a row is one AVX-512
+// pack), each with its own accumulator: their exps are independent chains that interleave, and y's
+// sum over n is not one long dependent chain. (More would only spill registers on AVX2.)
+//   state, a, decay : (N, kTile)      dl, du, acc : (kTile,)      Bt, Ct : (N,)
+template <typename T, bool kBackward, bool kClamp>
+inline void step_rows(T* state, const T* a, const T* dl, const T* du, const T* Bt, const T* Ct, int64_t N,
+                      T* acc, T* decay) {
+  using P = Pack<T>;
+  constexpr int64_t J = kPacks<T>, W = kLanes<T>, R = J >= 2 ? 1 : 2;  // R rows per iteration
+  P d[J], v[J], sum[R][J];
+  for (int64_t j = 0; j < J; ++j) {
+    d[j] = load<P>(dl + j * W);
+    v[j] = load<P>(du + j * W);
+    for (int64_t q = 0; q < R; ++q) sum[q][j] = q == 0 && !kBackward ? load<P>(acc + j * W) : P{};
+  }
+  auto row = [&](int64_t n, P* total) {
+    const P b = splat(Bt[n]);
+    for (int64_t j = 0; j < J; ++j) {
+      const int64_t at = n * kTile + j * W;
+      const P e = exp_pack<kClamp>(d[j] * load<P>(a + at));
+      const P s = fmadd(e, load<P>(state + at), v[j] * b);
+      if (kBackward) {
+        store(decay + at, e);
+        store(state + N * kTile + at, s);
+      } else {
+        store(state + at, s);
+        total[j] = fmadd(s, splat(Ct[n]), total[j]);
+      }
+    }
+  };
+  int64_t n = 0;
+  for (; n + R <= N; n += R) {
+    for (int64_t q = 0; q < R; ++q) row(n + q, sum[q]);
+  }
+  for (; n < N; ++n) row(n, sum[0]);
+  if (!kBackward) {
+    for (int64_t j = 0; j < J; ++j) {
+      P total = sum[0][j];
+      for (int64_t q = 1; q < R; ++q) total += sum[q][j];
+      store(acc + j * W, total);
     }
   }
+}
+
+// step_rows with exp's clamp left out when no delta A of this step can leave exp's range:
+// |delta| <= max |delta| of the row and |A| <= a_bound = max |A| of the tile. (A NaN or infinite
+// bound fails the test and keeps the clamp; a NaN delta propagates either way.)
+template <typename T, bool kBackward>
+inline void advance(T* state, const T* a, T a_bound, const T* dl, const T* du, const T* Bt, const T* Ct, int64_t N,
+                    T* acc, T* decay) {
+  T d_bound = T(0);
+  for (int64_t c = 0; c < kTile; ++c) d_bound = std::max(d_bound, std::abs(dl[c]));
+  if (d_bound * a_bound <= T(-kExpLow)) {
+    step_rows<T, kBackward, false>(state, a, dl, du, Bt, Ct, N, acc, decay);
+  } else {
+    step_rows<T, kBackward, true>(state, a, dl, du, Bt, Ct, N, acc, decay);
+  }
+}
+
+// The largest |x| of `count` values (NaN when one is NaN, so that callers keep their clamps).
+template <typename T>
+inline T max_abs(const T* x, int64_t count) {
+  T bound = T(0);
+  for (int64_t i = 0; i < count; ++i) bound = std::isnan(x[i]) || bound < std::abs(x[i]) ? std::abs(x[i]) : bound;
+  return bound;
 }
 
 struct Shape {
@@ -167,6 +321,7 @@ void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const to
       load_lanes(bias, options.bias + task.g * s.dg + task.c0, task.width);
       std::fill(state.begin(), state.end(), T(0));
       for (int64_t n = 0; n < N; ++n) load_lanes(&a[n * kTile], pA + (task.g * N + n) * s.dg + task.c0, task.width);
+      const T a_bound = max_abs(a.data(), N * kTile);
       for (int64_t t = 0; t < s.length; ++t) {
         if (pck && t % block == 0) {
           T* out = pck + (((t / block) * s.batch + task.b) * s.groups + task.g) * N * s.dg + task.c0;
@@ -183,15 +338,7 @@ void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const to
           du[c] = dl[c] * uu[c];
           acc[c] = D[c] * uu[c];
         }
-        for (int64_t n = 0; n < N; ++n) {
-          T* sn = &state[n * kTile];
-          const T* an = &a[n * kTile];
-          const T b = Bt[n], cc = Ct[n];
-          for (int64_t c = 0; c < kTile; ++c) {
-            sn[c] = exp_lane(dl[c] * an[c]) * sn[c] + du[c] * b;
-            acc[c] += sn[c] * cc;
-          }
-        }
+        advance<T, false>(state.data(), a.data(), a_bound, dl, du, Bt, Ct, N, acc, nullptr);
         std::memcpy(py + row, acc, task.width * sizeof(T));
       }
       T* out = plast + (task.b * s.groups + task.g) * N * s.dg + task.c0;
@@ -241,6 +388,7 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
         load_lanes(&a[n * kTile], pA + (task.g * N + n) * s.dg + task.c0, task.width);
         load_lanes(&lam[n * kTile], pgl + ((task.b * s.groups + task.g) * N + n) * s.dg + task.c0, task.width);
       }
+      const T a_bound = max_abs(a.data(), N * kTile);
       std::fill(gA.begin(), gA.end(), T(0));
       for (int64_t blk = blocks - 1; blk >= 0; --blk) {
         const int64_t start = blk * block, size = std::min(block, s.length - start);
@@ -254,17 +402,8 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
           load_lanes(du, pu + row, task.width);
           prepare_delta(dl, slope, bias, options.softplus);
           for (int64_t c = 0; c < kTile; ++c) du[c] *= dl[c];
-          for (int64_t n = 0; n < N; ++n) {
-            const T* prev = &states[(i * N + n) * kTile];
-            T* next = &states[((i + 1) * N + n) * kTile];
-            T* e = &decays[(i * N + n) * kTile];
-            const T* an = &a[n * kTile];
-            const T b = Bt[n];
-            for (int64_t c = 0; c < kTile; ++c) {
-              e[c] = exp_lane(dl[c] * an[c]);
-              next[c] = e[c] * prev[c] + du[c] * b;
-            }
-          }
+          advance<T, true>(&states[i * N * kTile], a.data(), a_bound, dl, du, Bt, nullptr, N, nullptr,
+                             &decays[i * N * kTile]);
         }
         for (int64_t i = size - 1; i >= 0; --i) {
           const int64_t t = start + i, row = (task.b * s.length + t) * dim + task.g * s.dg + task.c0;
