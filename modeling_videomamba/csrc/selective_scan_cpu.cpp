@@ -203,26 +203,31 @@ inline void step_rows(T* state, const T* a, const T* dl, const T* du, const T* B
     v[j] = load<P>(du + j * W);
     for (int64_t q = 0; q < R; ++q) sum[q][j] = q == 0 && !kBackward ? load<P>(acc + j * W) : P{};
   }
-  auto row = [&](int64_t n, P* total) {
-    const P b = splat(Bt[n]);
-    for (int64_t j = 0; j < J; ++j) {
-      const int64_t at = n * kTile + j * W;
-      const P e = exp_pack<kClamp>(d[j] * load<P>(a + at));
-      const P s = fmadd(e, load<P>(state + at), v[j] * b);
-      if (kBackward) {
-        store(decay + at, e);
-        store(state + N * kTile + at, s);
-      } else {
-        store(state + at, s);
-        total[j] = fmadd(s, splat(Ct[n]), total[j]);
+  // Rows n .. n + rows - 1 (rows <= R), row n + q into sum[q]. The loops unroll fully, so that the
+  // accumulators stay in registers.
+  auto rows_from = [&](int64_t n, int64_t rows) {
+#pragma GCC unroll 2
+    for (int64_t q = 0; q < R; ++q) {
+      if (q >= rows) break;
+      const P b = splat(Bt[n + q]);
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < J; ++j) {
+        const int64_t at = (n + q) * kTile + j * W;
+        const P e = exp_pack<kClamp>(d[j] * load<P>(a + at));
+        const P s = fmadd(e, load<P>(state + at), v[j] * b);
+        if (kBackward) {
+          store(decay + at, e);
+          store(state + N * kTile + at, s);
+        } else {
+          store(state + at, s);
+          sum[q][j] = fmadd(s, splat(Ct[n + q]), sum[q][j]);
+        }
       }
     }
   };
   int64_t n = 0;
-  for (; n + R <= N; n += R) {
-    for (int64_t q = 0; q < R; ++q) row(n + q, sum[q]);
-  }
-  for (; n < N; ++n) row(n, sum[0]);
+  for (; n + R <= N; n += R) rows_from(n, R);
+  if (n < N) rows_from(n, N - n);
   if (!kBackward) {
     for (int64_t j = 0; j < J; ++j) {
       P total = sum[0][j];
