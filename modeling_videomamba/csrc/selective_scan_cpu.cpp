@@ -12,7 +12,7 @@
 // Work is split into tasks of (batch, group, tile of kTile channels); a task owns its channels, keeps
 // their (N, kTile) state in a small buffer and walks the sequence once. Tiles are padded to kTile
 // lanes with zeros (delta = u = dy = A = 0 keeps a padded lane's state and adjoint at zero), so every
-// inner loop has a fixed trip count the compiler vectorises.
+// inner loop has a fixed trip count (over explicit vectors for float; see "Packs" below).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -31,21 +31,42 @@ namespace {
 
 constexpr int64_t kTile = 16;
 
-// ---------------------------------------------------------------------------------------------------
 // Packs: the float kernel works on native vectors of kWidth floats (GCC/Clang vector extensions), one
 // AVX-512 register, one AVX2 register or 128 bits otherwise; a 16-lane tile row is kTile / kWidth
 // packs. Written out rather than left to the auto-vectoriser, which made exp's clamps compares and
 // blends. float64 uses "packs" of one double (plain lane loops, std::exp).
-// ---------------------------------------------------------------------------------------------------
+// max_of(lo, x) / min_of(hi, x) keep x second, so that a NaN x comes back as NaN (the instructions
+// return their second operand when either is NaN); fmadd rounds once (exp's accuracy counts on it).
 #if defined(__AVX512F__)
 constexpr int64_t kWidth = 16;
-#elif defined(__AVX2__)
+typedef __m512 Native;
+#define NATIVE_PS(op) _mm512_##op##_ps
+#elif defined(__AVX2__) && defined(__FMA__)
 constexpr int64_t kWidth = 8;
+typedef __m256 Native;
+#define NATIVE_PS(op) _mm256_##op##_ps
 #else
 constexpr int64_t kWidth = 4;
 #endif
 typedef float VecF __attribute__((vector_size(kWidth * sizeof(float))));
 typedef int32_t VecI __attribute__((vector_size(kWidth * sizeof(int32_t))));
+#ifdef NATIVE_PS
+inline VecF max_of(VecF lo, VecF x) { return (VecF)NATIVE_PS(max)((Native)lo, (Native)x); }
+inline VecF min_of(VecF hi, VecF x) { return (VecF)NATIVE_PS(min)((Native)hi, (Native)x); }
+inline VecF fmadd(VecF a, VecF b, VecF c) { return (VecF)NATIVE_PS(fmadd)((Native)a, (Native)b, (Native)c); }
+inline VecF splat(float x) { return (VecF)NATIVE_PS(set1)(x); }
+#undef NATIVE_PS
+#else  // other CPUs (SSE, NEON, ...): generic vectors, the compiler picks the instructions
+inline VecF max_of(VecF lo, VecF x) { return lo > x ? lo : x; }
+inline VecF min_of(VecF hi, VecF x) { return hi < x ? hi : x; }
+inline VecF fmadd(VecF a, VecF b, VecF c) { return a * b + c; }
+inline VecF splat(float x) { return VecF{} + x; }
+#endif
+inline double max_of(double lo, double x) { return lo > x ? lo : x; }
+inline double fmadd(double a, double b, double c) { return a * b + c; }
+inline double splat(double x) { return x; }
+inline float lane(const VecF& v, int64_t i) { return v[i]; }
+inline double lane(double v, int64_t) { return v; }
 
 template <typename T> struct PackOf { using type = T; };
 template <> struct PackOf<float> { using type = VecF; };
@@ -53,66 +74,16 @@ template <typename T> using Pack = typename PackOf<T>::type;
 template <typename T> constexpr int64_t kPacks = kTile * sizeof(T) / sizeof(Pack<T>);  // packs per tile row
 template <typename T> constexpr int64_t kLanes = sizeof(Pack<T>) / sizeof(T);          // lanes per pack
 
-template <typename P, typename T> inline P load(const T* p) {
-  P v;
-  std::memcpy(&v, p, sizeof(P));
-  return v;
-}
+template <typename P, typename T> inline P load(const T* p) { P v; std::memcpy(&v, p, sizeof(P)); return v; }
 template <typename P, typename T> inline void store(T* p, const P& v) { std::memcpy(p, &v, sizeof(P)); }
-
-// max(lo, x) / min(hi, x) with x second, so that a NaN x comes back as NaN (the instructions return
-// their second operand when either is NaN).
-inline VecF max_of(VecF lo, VecF x) {
-#if defined(__AVX512F__)
-  return (VecF)_mm512_max_ps((__m512)lo, (__m512)x);
-#elif defined(__AVX2__)
-  return (VecF)_mm256_max_ps((__m256)lo, (__m256)x);
-#else
-  return lo > x ? lo : x;
-#endif
-}
-inline VecF min_of(VecF hi, VecF x) {
-#if defined(__AVX512F__)
-  return (VecF)_mm512_min_ps((__m512)hi, (__m512)x);
-#elif defined(__AVX2__)
-  return (VecF)_mm256_min_ps((__m256)hi, (__m256)x);
-#else
-  return hi < x ? hi : x;
-#endif
-}
-inline double max_of(double lo, double x) { return lo > x ? lo : x; }
-
-// a * b + c in one rounding where the CPU has FMA (the exp's accuracy counts on it there).
-inline VecF fmadd(VecF a, VecF b, VecF c) {
-#if defined(__AVX512F__)
-  return (VecF)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-#elif defined(__FMA__)
-  return (VecF)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-#else
-  return a * b + c;
-#endif
-}
-inline double fmadd(double a, double b, double c) { return a * b + c; }
-
-inline VecF splat(float x) {
-#if defined(__AVX512F__)
-  return (VecF)_mm512_set1_ps(x);
-#elif defined(__AVX2__)
-  return (VecF)_mm256_set1_ps(x);
-#else
-  return VecF{} + x;
-#endif
-}
-inline double splat(double x) { return x; }
 
 // exp for a pack of floats, branch-free: 2^k * p(r), r = x - k ln2 with a two-part ln2 (Cody-Waite)
 // and p a degree-6 polynomial fitted (minimax relative error 5e-9 with these fp32 coefficients) on
 // |r| <= ln2 / 2, in Horner form. k is rounded to nearest by adding 1.5 * 2^23 (+ 127, the exponent
 // bias): the sum's low mantissa bits then hold k + 127, and shifted left by 23 they are 2^k's bits.
 // x is clamped to [kExpLow, kExpHigh] so 2^k stays a normal float (exp(-87.3) ~ 1e-38 stands in for
-// the denormal range); NaN stays NaN. Within 0.9 ulp of exp over that range (checked exhaustively
-// when it was written; tests/test_native_scan.py checks it through the scan). kClamp = false skips
-// the clamp, for callers that know x is inside the range (the result is then the same).
+// the denormal range); NaN stays NaN. Within 0.9 ulp of exp there (every 17th float checked against a
+// double exp; tests/test_native_scan.py checks it through the scan). kClamp = false: no clamp, for x known inside.
 constexpr float kExpLow = -87.3f, kExpHigh = 88.3f;
 
 template <bool kClamp = true>
@@ -130,25 +101,20 @@ inline VecF exp_pack(VecF x) {
   p = fmadd(p, r, splat(4.999999404e-1f));
   p = fmadd(p, r, splat(1.0f));
   p = fmadd(p, r, splat(1.0f));
-  VecI bits;
-  std::memcpy(&bits, &biased, sizeof(bits));
-  bits <<= 23;
-  VecF scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;  // a product, not an add to the exponent bits, so NaN stays NaN
+  VecI bits = load<VecI>(&biased);
+  bits <<= 23;  // (k + 127) << 23: the bits of 2^k
+  return p * load<VecF>(&bits);  // a product, not an add to the exponent bits, so NaN stays NaN
 }
 
-template <bool kClamp = true>
-inline double exp_pack(double x) { return std::exp(x); }
+template <bool kClamp = true> inline double exp_pack(double x) { return std::exp(x); }
 
 // log1p(y) for y in [0, 1] as 2 atanh(s), s = y / (2 + y) in [0, 1/3]: the odd series to s^15 is
 // below float rounding there and keeps full relative accuracy for tiny y (no 1 + y cancellation).
 inline VecF log1p_unit(VecF y) {
   const VecF s = y / (2.0f + y), s2 = s * s;
   VecF p = splat(1.0f / 15.0f);
-  for (const float c : {1.0f / 13.0f, 1.0f / 11.0f, 1.0f / 9.0f, 1.0f / 7.0f, 1.0f / 5.0f, 1.0f / 3.0f, 1.0f}) {
+  for (const float c : {1.0f / 13.0f, 1.0f / 11.0f, 1.0f / 9.0f, 1.0f / 7.0f, 1.0f / 5.0f, 1.0f / 3.0f, 1.0f})
     p = fmadd(p, s2, splat(c));
-  }
   return 2.0f * s * p;
 }
 
@@ -228,13 +194,7 @@ inline void step_rows(T* state, const T* a, const T* dl, const T* du, const T* B
   int64_t n = 0;
   for (; n + R <= N; n += R) rows_from(n, R);
   if (n < N) rows_from(n, N - n);
-  if (!kBackward) {
-    for (int64_t j = 0; j < J; ++j) {
-      P total = sum[0][j];
-      for (int64_t q = 1; q < R; ++q) total += sum[q][j];
-      store(acc + j * W, total);
-    }
-  }
+  for (int64_t j = 0; j < J && !kBackward; ++j) store(acc + j * W, R == 1 ? sum[0][j] : sum[0][j] + sum[R - 1][j]);
 }
 
 // step_rows with exp's clamp left out when no delta A of this step can leave exp's range:
@@ -243,18 +203,20 @@ inline void step_rows(T* state, const T* a, const T* dl, const T* du, const T* B
 template <typename T, bool kBackward>
 inline void advance(T* state, const T* a, T a_bound, const T* dl, const T* du, const T* Bt, const T* Ct, int64_t N,
                     T* acc, T* decay) {
-  T d_bound = T(0);
-  for (int64_t c = 0; c < kTile; ++c) d_bound = std::max(d_bound, std::abs(dl[c]));
-  if (d_bound * a_bound <= T(-kExpLow)) {
-    step_rows<T, kBackward, false>(state, a, dl, du, Bt, Ct, N, acc, decay);
-  } else {
-    step_rows<T, kBackward, true>(state, a, dl, du, Bt, Ct, N, acc, decay);
+  using P = Pack<T>;
+  P bound = P{};
+  for (int64_t j = 0; j < kTile; j += kLanes<T>) {
+    const P x = load<P>(dl + j);
+    bound = max_of(bound, max_of(x, -x));  // |x| (a NaN lane may drop out: exp keeps NaN either way)
   }
+  T d_bound = T(0);
+  for (int64_t i = 0; i < kLanes<T>; ++i) d_bound = std::max(d_bound, lane(bound, i));
+  if (d_bound * a_bound <= T(-kExpLow)) return step_rows<T, kBackward, false>(state, a, dl, du, Bt, Ct, N, acc, decay);
+  step_rows<T, kBackward, true>(state, a, dl, du, Bt, Ct, N, acc, decay);
 }
 
 // The largest |x| of `count` values (NaN when one is NaN, so that callers keep their clamps).
-template <typename T>
-inline T max_abs(const T* x, int64_t count) {
+template <typename T> inline T max_abs(const T* x, int64_t count) {
   T bound = T(0);
   for (int64_t i = 0; i < count; ++i) bound = std::isnan(x[i]) || bound < std::abs(x[i]) ? std::abs(x[i]) : bound;
   return bound;
@@ -284,10 +246,16 @@ struct Task {
   }
 };
 
-// Copy `width` values from src into a kTile lane array, zero-padding the rest.
-template <typename T>
-inline void load_lanes(T* dst, const T* src, int64_t width) {
+// Copy `width` values from src into a kTile lane array, zero-padding the rest. (Full tiles, the
+// common case, are one fixed-size copy: the per-lane loop costs as much as a state row per token.)
+template <typename T> inline void load_lanes(T* dst, const T* src, int64_t width) {
+  if (width == kTile) return (void)std::memcpy(dst, src, kTile * sizeof(T));
   for (int64_t c = 0; c < kTile; ++c) dst[c] = c < width ? src[c] : T(0);
+}
+
+// The first `width` lanes of a kTile lane array into dst.
+template <typename T> inline void store_lanes(T* dst, const T* src, int64_t width) {
+  std::memcpy(dst, src, (width == kTile ? kTile : width) * sizeof(T));
 }
 
 template <typename T>
@@ -330,7 +298,7 @@ void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const to
       for (int64_t t = 0; t < s.length; ++t) {
         if (pck && t % block == 0) {
           T* out = pck + (((t / block) * s.batch + task.b) * s.groups + task.g) * N * s.dg + task.c0;
-          for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * s.dg, &state[n * kTile], task.width * sizeof(T));
+          for (int64_t n = 0; n < N; ++n) store_lanes(out + n * s.dg, &state[n * kTile], task.width);
         }
         const int64_t row = (task.b * s.length + t) * dim + task.g * s.dg + task.c0;
         const T* Bt = pB + ((task.b * s.length + t) * s.groups + task.g) * N;
@@ -344,10 +312,10 @@ void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const to
           acc[c] = D[c] * uu[c];
         }
         advance<T, false>(state.data(), a.data(), a_bound, dl, du, Bt, Ct, N, acc, nullptr);
-        std::memcpy(py + row, acc, task.width * sizeof(T));
+        store_lanes(py + row, acc, task.width);
       }
       T* out = plast + (task.b * s.groups + task.g) * N * s.dg + task.c0;
-      for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * s.dg, &state[n * kTile], task.width * sizeof(T));
+      for (int64_t n = 0; n < N; ++n) store_lanes(out + n * s.dg, &state[n * kTile], task.width);
     }
   });
 }
@@ -453,7 +421,7 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
         }
       }
       T* out = pgA + ((task.b * s.groups + task.g) * N) * s.dg + task.c0;
-      for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * s.dg, &gA[n * kTile], task.width * sizeof(T));
+      for (int64_t n = 0; n < N; ++n) store_lanes(out + n * s.dg, &gA[n * kTile], task.width);
     }
   });
 }
