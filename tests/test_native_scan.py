@@ -218,6 +218,41 @@ def test_native_fused_softplus_over_a_wide_range(built):
     assert_matches_reference(native, inputs, OPTIONAL, True, True)
 
 
+def test_native_exp_is_within_an_ulp_over_its_range(built):
+    # The kernel's own fp32 exp, seen through one scan step: with N = 1, B = C = 1, A = -1, token 0
+    # (u = delta = 1) sets the state to 1 and token 1 (u = 0, delta = -x) makes it exp(x), so
+    # y[1] = exp(x) for every channel's x. x covers exp's whole clamped range and, densely, the
+    # decays a model sees.
+    generator = torch.Generator().manual_seed(11)
+    x = torch.cat([torch.linspace(-87.3, 88.3, 1024), torch.rand(1024, generator=generator) * -20.0 + 1.0])
+    dim = x.numel()
+
+    def y_of(x):
+        u = torch.stack([torch.ones(dim), torch.zeros(dim)]).reshape(1, 2, 1, dim)
+        delta = torch.stack([torch.ones(dim), -x]).reshape(1, 2, 1, dim)
+        A, B = -torch.ones(1, 1, dim), torch.ones(1, 2, 1, 1)
+        with torch.no_grad():
+            y, _ = native_scan.native_scan(u, delta, A, B, B.clone())
+        return y[0, 1, 0]
+
+    y = y_of(x)
+    exact = x.double().exp()
+    ulp = torch.ldexp(torch.ones_like(exact), torch.frexp(exact).exponent - 24)
+    assert ((y.double() - exact).abs() / ulp).max().item() <= 1.0
+    # A tile with a step outside the range takes the clamped path, others skip the clamp: the same
+    # lanes give the same bits either way. x far below the range gives exp(-87.3); NaN stays NaN.
+    outside = x.clone()
+    outside[15::32] = -200.0  # in every other 16-lane tile
+    outside[7::16] = float("nan")  # in tiles with and without a -200 lane
+    y_outside = y_of(outside)
+    inside = outside > -100.0
+    assert torch.equal(y_outside[inside], y[inside])
+    assert torch.isnan(y_outside[7::16]).all()
+    floor = torch.tensor(-87.3).double().exp().item()
+    below = y_outside[outside == -200.0].double()
+    assert ((below - floor).abs() <= 1.2e-7 * floor).all()
+
+
 def test_cached_only_when_build_completed(tmp_path):
     # A library without the completion marker (a build killed after linking) is not taken as cached.
     directory = tmp_path / "videomamba_selective_scan_cpu_test"

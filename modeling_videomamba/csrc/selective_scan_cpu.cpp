@@ -12,7 +12,7 @@
 // Work is split into tasks of (batch, group, tile of kTile channels); a task owns its channels, keeps
 // their (N, kTile) state in a small buffer and walks the sequence once. Tiles are padded to kTile
 // lanes with zeros (delta = u = dy = A = 0 keeps a padded lane's state and adjoint at zero), so every
-// inner loop has a fixed trip count the compiler vectorises.
+// inner loop has a fixed trip count (over explicit vectors for float; see "Packs" below).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -23,58 +23,110 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int64_t kTile = 16;
 
-// exp for float, branch-free so the lane loops vectorise: 2^k * p(r), r = x - k ln2 with a two-part
-// ln2 (Cody-Waite) and a degree-6 minimax polynomial (Cephes' expf coefficients, ~1 ulp). The input is
-// clamped so 2^k stays a normal float; exp(-87.3) ~ 1e-38 stands in for the denormal range. (The
-// clamps are plain selects: with -fno-trapping-math GCC if-converts them and vectorises the loops.)
-inline float exp_lane(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.3f ? 88.3f : x;
-  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+// Packs: the float kernel works on native vectors of kWidth floats (GCC/Clang vector extensions), one
+// AVX-512 register, one AVX2 register or 128 bits otherwise; a 16-lane tile row is kTile / kWidth
+// packs. Written out rather than left to the auto-vectoriser, which made exp's clamps compares and
+// blends. float64 uses "packs" of one double (plain lane loops, std::exp).
+// max_of(lo, x) / min_of(hi, x) keep x second, so that a NaN x comes back as NaN (the instructions
+// return their second operand when either is NaN); fmadd rounds once (exp's accuracy counts on it).
+#if defined(__AVX512F__)
+constexpr int64_t kWidth = 16;
+typedef __m512 Native;
+#define NATIVE_PS(op) _mm512_##op##_ps
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t kWidth = 8;
+typedef __m256 Native;
+#define NATIVE_PS(op) _mm256_##op##_ps
+#else
+constexpr int64_t kWidth = 4;
+#endif
+typedef float VecF __attribute__((vector_size(kWidth * sizeof(float))));
+typedef int32_t VecI __attribute__((vector_size(kWidth * sizeof(int32_t))));
+#ifdef NATIVE_PS
+inline VecF max_of(VecF lo, VecF x) { return (VecF)NATIVE_PS(max)((Native)lo, (Native)x); }
+inline VecF min_of(VecF hi, VecF x) { return (VecF)NATIVE_PS(min)((Native)hi, (Native)x); }
+inline VecF fmadd(VecF a, VecF b, VecF c) { return (VecF)NATIVE_PS(fmadd)((Native)a, (Native)b, (Native)c); }
+inline VecF splat(float x) { return (VecF)NATIVE_PS(set1)(x); }
+#undef NATIVE_PS
+#else  // other CPUs (SSE, NEON, ...): generic vectors, the compiler picks the instructions
+inline VecF max_of(VecF lo, VecF x) { return lo > x ? lo : x; }
+inline VecF min_of(VecF hi, VecF x) { return hi < x ? hi : x; }
+inline VecF fmadd(VecF a, VecF b, VecF c) { return a * b + c; }
+inline VecF splat(float x) { return VecF{} + x; }
+#endif
+inline double max_of(double lo, double x) { return lo > x ? lo : x; }
+inline double fmadd(double a, double b, double c) { return a * b + c; }
+inline double splat(double x) { return x; }
+inline float lane(const VecF& v, int64_t i) { return v[i]; }
+inline double lane(double v, int64_t) { return v; }
+
+template <typename T> struct PackOf { using type = T; };
+template <> struct PackOf<float> { using type = VecF; };
+template <typename T> using Pack = typename PackOf<T>::type;
+template <typename T> constexpr int64_t kPacks = kTile * sizeof(T) / sizeof(Pack<T>);  // packs per tile row
+template <typename T> constexpr int64_t kLanes = sizeof(Pack<T>) / sizeof(T);          // lanes per pack
+
+template <typename P, typename T> inline P load(const T* p) { P v; std::memcpy(&v, p, sizeof(P)); return v; }
+template <typename P, typename T> inline void store(T* p, const P& v) { std::memcpy(p, &v, sizeof(P)); }
+
+// exp for a pack of floats, branch-free: 2^k * p(r), r = x - k ln2 with a two-part ln2 (Cody-Waite)
+// and p a degree-6 polynomial fitted (minimax relative error 5e-9 with these fp32 coefficients) on
+// |r| <= ln2 / 2, in Horner form. k is rounded to nearest by adding 1.5 * 2^23 (+ 127, the exponent
+// bias): the sum's low mantissa bits then hold k + 127, and shifted left by 23 they are 2^k's bits.
+// x is clamped to [kExpLow, kExpHigh] so 2^k stays a normal float (exp(-87.3) ~ 1e-38 stands in for
+// the denormal range); NaN stays NaN. Within 0.9 ulp of exp there (every 17th float checked against a
+// double exp; tests/test_native_scan.py checks it through the scan). kClamp = false: no clamp, for x known inside.
+constexpr float kExpLow = -87.3f, kExpHigh = 88.3f;
+
+template <bool kClamp = true>
+inline VecF exp_pack(VecF x) {
+  const VecF shift = splat(12582912.0f + 127.0f);
+  if (kClamp) x = min_of(splat(kExpHigh), max_of(splat(kExpLow), x));
+  const VecF biased = fmadd(x, splat(1.44269504088896341f), shift);
+  const VecF k = biased - shift;
+  VecF r = fmadd(k, splat(-0.693359375f), x);
+  r = fmadd(k, splat(2.12194440e-4f), r);
+  VecF p = splat(1.388586126e-3f);
+  p = fmadd(p, r, splat(8.372968994e-3f));
+  p = fmadd(p, r, splat(4.166749120e-2f));
+  p = fmadd(p, r, splat(1.666647643e-1f));
+  p = fmadd(p, r, splat(4.999999404e-1f));
+  p = fmadd(p, r, splat(1.0f));
+  p = fmadd(p, r, splat(1.0f));
+  VecI bits = load<VecI>(&biased);
+  bits <<= 23;  // (k + 127) << 23: the bits of 2^k
+  return p * load<VecF>(&bits);  // a product, not an add to the exponent bits, so NaN stays NaN
 }
 
-inline double exp_lane(double x) { return std::exp(x); }
+template <bool kClamp = true> inline double exp_pack(double x) { return std::exp(x); }
 
 // log1p(y) for y in [0, 1] as 2 atanh(s), s = y / (2 + y) in [0, 1/3]: the odd series to s^15 is
 // below float rounding there and keeps full relative accuracy for tiny y (no 1 + y cancellation).
-inline float log1p_unit(float y) {
-  const float s = y / (2.0f + y), s2 = s * s;
-  float p = 1.0f / 15.0f;
-  p = p * s2 + 1.0f / 13.0f;
-  p = p * s2 + 1.0f / 11.0f;
-  p = p * s2 + 1.0f / 9.0f;
-  p = p * s2 + 1.0f / 7.0f;
-  p = p * s2 + 1.0f / 5.0f;
-  p = p * s2 + 1.0f / 3.0f;
-  p = p * s2 + 1.0f;
+inline VecF log1p_unit(VecF y) {
+  const VecF s = y / (2.0f + y), s2 = s * s;
+  VecF p = splat(1.0f / 15.0f);
+  for (const float c : {1.0f / 13.0f, 1.0f / 11.0f, 1.0f / 9.0f, 1.0f / 7.0f, 1.0f / 5.0f, 1.0f / 3.0f, 1.0f})
+    p = fmadd(p, s2, splat(c));
   return 2.0f * s * p;
 }
 
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)), and its slope sigmoid(x), branch-free.
-inline void softplus_lane(float x, float& value, float& slope) {
-  const float e = exp_lane(x < 0.0f ? x : -x);
-  value = (x > 0.0f ? x : 0.0f) + log1p_unit(e);
-  const float r = 1.0f / (1.0f + e);
+inline void softplus_pack(VecF x, VecF& value, VecF& slope) {
+  const VecF e = exp_pack(min_of(x, -x));
+  value = max_of(VecF{}, x) + log1p_unit(e);
+  const VecF r = 1.0f / (1.0f + e);
   slope = x > 0.0f ? r : e * r;
 }
 
-inline void softplus_lane(double x, double& value, double& slope) {
+inline void softplus_pack(double x, double& value, double& slope) {
   const double e = std::exp(-std::abs(x));
   value = std::max(x, 0.0) + std::log1p(e);
   slope = x > 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
@@ -88,17 +140,86 @@ struct Options {
 };
 
 // delta_t of a task's lanes: raw + bias, then softplus; slope = d delta / d raw (1 without softplus).
-// (Two loops rather than a test inside one, so each has straight-line lanes that vectorise.)
 template <typename T>
 inline void prepare_delta(T* dl, T* slope, const T* bias, bool softplus) {
-  if (softplus) {
-    for (int64_t c = 0; c < kTile; ++c) softplus_lane(dl[c] + bias[c], dl[c], slope[c]);
-  } else {
-    for (int64_t c = 0; c < kTile; ++c) {
-      dl[c] += bias[c];
-      slope[c] = T(1);
-    }
+  using P = Pack<T>;
+  for (int64_t j = 0; j < kTile; j += kLanes<T>) {
+    P x = load<P>(dl + j) + load<P>(bias + j), value = x, dvalue = P{} + T(1);
+    if (softplus) softplus_pack(x, value, dvalue);
+    store(dl + j, value);
+    store(slope + j, dvalue);
   }
+}
+
+// One step of the recurrence for all state rows n of a tile: s_n <- exp(delta A_n) s_n + (delta u) B_n.
+// The forward (kBackward false) adds <s_n, C_n> over n to acc; the backward's recomputation instead
+// keeps exp(delta A_n) in decay and writes the new states one state block further (Ct and acc
+// unused). At least two packs are in flight per iteration (two rows when a row is one AVX-512
+// pack), each with its own accumulator: their exps are independent chains that interleave, and y's
+// sum over n is not one long dependent chain. (More would only spill registers on AVX2.)
+//   state, a, decay : (N, kTile)      dl, du, acc : (kTile,)      Bt, Ct : (N,)
+template <typename T, bool kBackward, bool kClamp>
+inline void step_rows(T* state, const T* a, const T* dl, const T* du, const T* Bt, const T* Ct, int64_t N,
+                      T* acc, T* decay) {
+  using P = Pack<T>;
+  constexpr int64_t J = kPacks<T>, W = kLanes<T>, R = J >= 2 ? 1 : 2;  // R rows per iteration
+  P d[J], v[J], sum[R][J];
+  for (int64_t j = 0; j < J; ++j) {
+    d[j] = load<P>(dl + j * W);
+    v[j] = load<P>(du + j * W);
+    for (int64_t q = 0; q < R; ++q) sum[q][j] = q == 0 && !kBackward ? load<P>(acc + j * W) : P{};
+  }
+  // Rows n .. n + rows - 1 (rows <= R), row n + q into sum[q]. The loops unroll fully, so that the
+  // accumulators stay in registers.
+  auto rows_from = [&](int64_t n, int64_t rows) {
+#pragma GCC unroll 2
+    for (int64_t q = 0; q < R; ++q) {
+      if (q >= rows) break;
+      const P b = splat(Bt[n + q]);
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < J; ++j) {
+        const int64_t at = (n + q) * kTile + j * W;
+        const P e = exp_pack<kClamp>(d[j] * load<P>(a + at));
+        const P s = fmadd(e, load<P>(state + at), v[j] * b);
+        if (kBackward) {
+          store(decay + at, e);
+          store(state + N * kTile + at, s);
+        } else {
+          store(state + at, s);
+          sum[q][j] = fmadd(s, splat(Ct[n + q]), sum[q][j]);
+        }
+      }
+    }
+  };
+  int64_t n = 0;
+  for (; n + R <= N; n += R) rows_from(n, R);
+  if (n < N) rows_from(n, N - n);
+  for (int64_t j = 0; j < J && !kBackward; ++j) store(acc + j * W, R == 1 ? sum[0][j] : sum[0][j] + sum[R - 1][j]);
+}
+
+// step_rows with exp's clamp left out when no delta A of this step can leave exp's range:
+// |delta| <= max |delta| of the row and |A| <= a_bound = max |A| of the tile. (A NaN or infinite
+// bound fails the test and keeps the clamp; a NaN delta propagates either way.)
+template <typename T, bool kBackward>
+inline void advance(T* state, const T* a, T a_bound, const T* dl, const T* du, const T* Bt, const T* Ct, int64_t N,
+                    T* acc, T* decay) {
+  using P = Pack<T>;
+  P bound = P{};
+  for (int64_t j = 0; j < kTile; j += kLanes<T>) {
+    const P x = load<P>(dl + j);
+    bound = max_of(bound, max_of(x, -x));  // |x| (a NaN lane may drop out: exp keeps NaN either way)
+  }
+  T d_bound = T(0);
+  for (int64_t i = 0; i < kLanes<T>; ++i) d_bound = std::max(d_bound, lane(bound, i));
+  if (d_bound * a_bound <= T(-kExpLow)) return step_rows<T, kBackward, false>(state, a, dl, du, Bt, Ct, N, acc, decay);
+  step_rows<T, kBackward, true>(state, a, dl, du, Bt, Ct, N, acc, decay);
+}
+
+// The largest |x| of `count` values (NaN when one is NaN, so that callers keep their clamps).
+template <typename T> inline T max_abs(const T* x, int64_t count) {
+  T bound = T(0);
+  for (int64_t i = 0; i < count; ++i) bound = std::isnan(x[i]) || bound < std::abs(x[i]) ? std::abs(x[i]) : bound;
+  return bound;
 }
 
 struct Shape {
@@ -125,10 +246,16 @@ struct Task {
   }
 };
 
-// Copy `width` values from src into a kTile lane array, zero-padding the rest.
-template <typename T>
-inline void load_lanes(T* dst, const T* src, int64_t width) {
+// Copy `width` values from src into a kTile lane array, zero-padding the rest. (Full tiles, the
+// common case, are one fixed-size copy: the per-lane loop costs as much as a state row per token.)
+template <typename T> inline void load_lanes(T* dst, const T* src, int64_t width) {
+  if (width == kTile) return (void)std::memcpy(dst, src, kTile * sizeof(T));
   for (int64_t c = 0; c < kTile; ++c) dst[c] = c < width ? src[c] : T(0);
+}
+
+// The first `width` lanes of a kTile lane array into dst.
+template <typename T> inline void store_lanes(T* dst, const T* src, int64_t width) {
+  std::memcpy(dst, src, (width == kTile ? kTile : width) * sizeof(T));
 }
 
 template <typename T>
@@ -167,10 +294,11 @@ void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const to
       load_lanes(bias, options.bias + task.g * s.dg + task.c0, task.width);
       std::fill(state.begin(), state.end(), T(0));
       for (int64_t n = 0; n < N; ++n) load_lanes(&a[n * kTile], pA + (task.g * N + n) * s.dg + task.c0, task.width);
+      const T a_bound = max_abs(a.data(), N * kTile);
       for (int64_t t = 0; t < s.length; ++t) {
         if (pck && t % block == 0) {
           T* out = pck + (((t / block) * s.batch + task.b) * s.groups + task.g) * N * s.dg + task.c0;
-          for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * s.dg, &state[n * kTile], task.width * sizeof(T));
+          for (int64_t n = 0; n < N; ++n) store_lanes(out + n * s.dg, &state[n * kTile], task.width);
         }
         const int64_t row = (task.b * s.length + t) * dim + task.g * s.dg + task.c0;
         const T* Bt = pB + ((task.b * s.length + t) * s.groups + task.g) * N;
@@ -183,19 +311,11 @@ void forward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const to
           du[c] = dl[c] * uu[c];
           acc[c] = D[c] * uu[c];
         }
-        for (int64_t n = 0; n < N; ++n) {
-          T* sn = &state[n * kTile];
-          const T* an = &a[n * kTile];
-          const T b = Bt[n], cc = Ct[n];
-          for (int64_t c = 0; c < kTile; ++c) {
-            sn[c] = exp_lane(dl[c] * an[c]) * sn[c] + du[c] * b;
-            acc[c] += sn[c] * cc;
-          }
-        }
-        std::memcpy(py + row, acc, task.width * sizeof(T));
+        advance<T, false>(state.data(), a.data(), a_bound, dl, du, Bt, Ct, N, acc, nullptr);
+        store_lanes(py + row, acc, task.width);
       }
       T* out = plast + (task.b * s.groups + task.g) * N * s.dg + task.c0;
-      for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * s.dg, &state[n * kTile], task.width * sizeof(T));
+      for (int64_t n = 0; n < N; ++n) store_lanes(out + n * s.dg, &state[n * kTile], task.width);
     }
   });
 }
@@ -241,6 +361,7 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
         load_lanes(&a[n * kTile], pA + (task.g * N + n) * s.dg + task.c0, task.width);
         load_lanes(&lam[n * kTile], pgl + ((task.b * s.groups + task.g) * N + n) * s.dg + task.c0, task.width);
       }
+      const T a_bound = max_abs(a.data(), N * kTile);
       std::fill(gA.begin(), gA.end(), T(0));
       for (int64_t blk = blocks - 1; blk >= 0; --blk) {
         const int64_t start = blk * block, size = std::min(block, s.length - start);
@@ -254,17 +375,8 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
           load_lanes(du, pu + row, task.width);
           prepare_delta(dl, slope, bias, options.softplus);
           for (int64_t c = 0; c < kTile; ++c) du[c] *= dl[c];
-          for (int64_t n = 0; n < N; ++n) {
-            const T* prev = &states[(i * N + n) * kTile];
-            T* next = &states[((i + 1) * N + n) * kTile];
-            T* e = &decays[(i * N + n) * kTile];
-            const T* an = &a[n * kTile];
-            const T b = Bt[n];
-            for (int64_t c = 0; c < kTile; ++c) {
-              e[c] = exp_lane(dl[c] * an[c]);
-              next[c] = e[c] * prev[c] + du[c] * b;
-            }
-          }
+          advance<T, true>(&states[i * N * kTile], a.data(), a_bound, dl, du, Bt, nullptr, N, nullptr,
+                             &decays[i * N * kTile]);
         }
         for (int64_t i = size - 1; i >= 0; --i) {
           const int64_t t = start + i, row = (task.b * s.length + t) * dim + task.g * s.dg + task.c0;
@@ -309,7 +421,7 @@ void backward_kernel(const torch::Tensor& u, const torch::Tensor& delta, const t
         }
       }
       T* out = pgA + ((task.b * s.groups + task.g) * N) * s.dg + task.c0;
-      for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * s.dg, &gA[n * kTile], task.width * sizeof(T));
+      for (int64_t n = 0; n < N; ++n) store_lanes(out + n * s.dg, &gA[n * kTile], task.width);
     }
   });
 }
