@@ -1,6 +1,8 @@
 """Configuration of VideoMamba models (arXiv 2403.06977)."""
 
 import math
+import shutil
+from pathlib import Path
 
 from transformers import PreTrainedConfig
 
@@ -28,6 +30,26 @@ AUTO_MAP = {
     "AutoModelForPreTraining": "modeling_videomamba_pretraining.VideoMambaForPreTraining",
 }
 ALIGNED_FEATURE_SOURCES = ("original", "final_norm")
+
+def copy_auto_map_modules(auto_map: dict, folder) -> list:
+    """Copies into `folder` each module of this package that `auto_map` names, with the modules it imports
+    relatively, where `folder` lacks them; returns the paths written. Names of modules not in this package
+    (a user's own entries, or a copy loaded with trust_remote_code that lacks one) are left alone."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    package = Path(__file__).resolve().parent
+    written = []
+    for reference in auto_map.values():
+        source = package / f"{str(reference).split('.')[0]}.py"
+        if not isinstance(reference, str) or not source.is_file():
+            continue
+        for path in [source, *get_relative_import_files(source)]:
+            target = Path(folder) / Path(path).name
+            if not target.exists():
+                shutil.copy(path, target)
+                written.append(target)
+    return written
+
 
 # What the CUDA kernels accept (causal-conv1d's csrc/causal_conv1d.cpp, mamba-ssm's
 # csrc/selective_scan/selective_scan.cpp): scan_implementation="cuda" is checked against these.
@@ -177,6 +199,16 @@ class VideoMambaConfig(PreTrainedConfig):
         super().__init__(**kwargs)
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         self._validate()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves config.json and, beside it, the module files of every head `auto_map` names.
+
+        transformers copies only the saved class's module and its imports, so a classifier's directory would
+        lack `modeling_videomamba_pretraining.py` and fail as `AutoModelForPreTraining` with `trust_remote_code`.
+        (A model's `save_pretrained` saves its config through here before any upload.)
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        copy_auto_map_modules(self.auto_map, save_directory)
 
     @property
     def intermediate_size(self) -> int:

@@ -78,3 +78,36 @@ def test_saved_directory_loads_with_trust_remote_code_without_the_package(tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(outputs["logits"], model(inputs).logits)
         torch.testing.assert_close(outputs["last_hidden_state"], model.videomamba(inputs).last_hidden_state)
+
+
+PRETRAINING_REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from transformers import AutoModelForPreTraining
+
+    directory = {directory!r}
+    model = AutoModelForPreTraining.from_pretrained(directory, trust_remote_code=True).eval()
+    assert type(model).__name__ == "VideoMambaForPreTraining" and "transformers_modules" in type(model).__module__
+    inputs = torch.load(directory + "/inputs.pt")
+    with torch.no_grad():
+        assert model(inputs).aligned_features.shape[-1] == 8
+        torch.save(model.videomamba(inputs).last_hidden_state, directory + "/backbone.pt")
+    print("REMOTE-OK")
+    """
+)
+
+
+def test_classifier_directory_loads_as_every_auto_map_head_with_trust_remote_code(tmp_path):
+    """A classifier's directory also carries the pretraining head's module, which its auto_map names."""
+    directory = tmp_path / "model"
+    model = VideoMambaForVideoClassification(VideoMambaConfig(**TINY, teacher_hidden_size=8)).eval()
+    model.save_pretrained(directory)
+    auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
+    assert {f"{reference.split('.')[0]}.py" for reference in auto_map.values()} <= {p.name for p in directory.iterdir()}
+    inputs = torch.randn(1, 4, 3, 32, 32)
+    torch.save(inputs, directory / "inputs.pt")
+    result = run_without_package(PRETRAINING_REMOTE_SCRIPT.format(directory=str(directory)), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # the classifier's backbone weights (the aligned-feature decoders are new, so their outputs are not compared)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(directory / "backbone.pt"), model.videomamba(inputs).last_hidden_state)
