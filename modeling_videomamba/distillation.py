@@ -18,22 +18,22 @@ student saved after training. `VideoMambaDistillationTrainer` is `VideoMambaTrai
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from transformers import TrainerCallback
 
 from .modeling_videomamba_blocks import VideoMambaRMSNorm
+from .modeling_videomamba_pretraining import alignment_loss
 from .training_utils import VideoMambaTrainer
 
 HEAD_NAME = "distill_head"
 
 
 def cosine_alignment_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """mean(2 - 2 cos) over every token: (..., D) features of equal shape, compared after L2 normalisation."""
+    """mean(2 - 2 cos) over every token: (..., D) features of equal shape, compared after L2 normalisation
+    (masked pretraining's `alignment_loss`, without its broadcasting: a student must match its teacher's shape)."""
     if student.shape != teacher.shape:
         raise ValueError(f"Aligned features must have equal shapes; got student {tuple(student.shape)}, teacher {tuple(teacher.shape)}.")
-    student, teacher = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
-    return (2 - 2 * (student * teacher).sum(-1)).mean()
+    return alignment_loss(student, teacher)
 
 
 class VideoMambaDistillationHead(nn.Module):
