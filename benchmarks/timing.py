@@ -71,5 +71,4 @@ def machine_description() -> str:
     import os
 
     threads = torch.get_num_threads()
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} torch threads"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} torch threads"
