@@ -100,3 +100,17 @@ def test_native_fused_model_output_matches_grad_path_in_every_order(built, monke
         actual = model(pixel_values).last_hidden_state
     assert calls.count("conv_silu_both_directions") == calls.count("gate_both_directions") == 2
     assert_close_relative(actual, expected.detach(), 1e-5, f"no-grad output ({order})")
+
+
+def test_native_fused_ops_compile_without_graph_breaks(built):
+    # Under no_grad the fused ops are custom ops with fake implementations: torch.compile traces them.
+    torch.manual_seed(0)
+    config = VideoMambaConfig(image_size=32, patch_size=8, num_frames=2, hidden_size=32, num_hidden_layers=1,
+                              scan_implementation="native")
+    model = VideoMambaModel(config).eval()
+    pixel_values = torch.randn(1, 2, 3, 32, 32)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        expected = model(pixel_values).last_hidden_state
+        actual = torch.compile(model, backend="aot_eager", fullgraph=True)(pixel_values).last_hidden_state
+    assert_close_relative(actual, expected, 1e-6, "compiled no-grad output")
