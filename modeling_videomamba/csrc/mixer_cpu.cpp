@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "packs.h"
 
@@ -41,12 +42,36 @@ inline void store_n(T* p, const P& v, int64_t n) {
 
 template <typename P> inline P silu(P v) { return v / (1.0f + exp_pack(-v)); }
 
+// f(c, lanes) for each pack of a row's channels: whole packs first, with `lanes` a constant (so the
+// loads and stores above fold to plain vector moves), then the tail.
+template <typename T, typename F>
+inline void for_each_pack(int64_t channels, const F& f) {
+  int64_t c = 0;
+  for (; c + kLanes<T> <= channels; c += kLanes<T>) f(c, std::integral_constant<int64_t, kLanes<T>>{});
+  if (c < channels) f(c, channels - c);
+}
+
 // Rows per task: enough channels' work that a task outweighs scheduling it.
 inline int64_t grain_rows(int64_t channels) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(channels, 1)); }
 
+// One direction of one output row (its arguments are values, so the compiler keeps them in registers).
+// Token t of the direction is token `last` of x, and tap k reads `width - 1 - k` tokens earlier in the
+// direction's time: `step` is -token_stride forward and +token_stride for the flipped direction.
+template <typename T>
+void conv_silu_row(const T* x_last, int64_t step, int64_t available, const T* taps, int64_t tap_stride, const T* bias,
+                   int64_t inner, int64_t width, T* out) {
+  using P = Pack<T>;
+  for_each_pack<T>(inner, [&](int64_t c, auto lanes) {
+    const T* xc = x_last + c;
+    P acc = load_n<P>(bias + c, lanes) + load_n<P>(taps + (width - 1) * tap_stride + c, lanes) * load_n<P>(xc, lanes);
+    for (int64_t k = width - 1 - available; k < width - 1; ++k)
+      acc = acc + load_n<P>(taps + k * tap_stride + c, lanes) * load_n<P>(xc + (width - 1 - k) * step, lanes);
+    store_n(out + c, silu(acc), lanes);
+  });
+}
+
 template <typename T>
 void conv_silu_kernel(const torch::Tensor& x, const torch::Tensor& taps, const torch::Tensor& bias, torch::Tensor& u) {
-  using P = Pack<T>;
   const int64_t batch = x.size(0), length = x.size(1), inner = x.size(2), width = taps.size(0);
   const int64_t batch_stride = x.stride(0), token_stride = x.stride(1);
   const T *xs = x.data_ptr<T>(), *w = taps.data_ptr<T>(), *b = bias.data_ptr<T>();
@@ -54,31 +79,29 @@ void conv_silu_kernel(const torch::Tensor& x, const torch::Tensor& taps, const t
   at::parallel_for(0, batch * length, grain_rows(2 * inner), [&](int64_t first, int64_t end) {
     for (int64_t row = first; row < end; ++row) {
       const int64_t n = row / length, t = row % length;
-      const T* xb = xs + n * batch_stride;
       for (int64_t direction = 0; direction < 2; ++direction) {
-        // Token t of this direction is token `last` of x; tap k reads `width - 1 - k` tokens earlier
-        // in the direction's time, i.e. later in x's for the backward direction.
-        const int64_t last = direction ? length - 1 - t : t, step = direction ? token_stride : -token_stride;
+        const int64_t last = direction ? length - 1 - t : t;
         const int64_t available = std::min(width - 1, direction ? length - 1 - last : last);  // taps in range
-        const T* wd = w + direction * inner;
-        T* o = out + row * 2 * inner + direction * inner;
-        for (int64_t c = 0; c < inner; c += kLanes<T>) {
-          const int64_t lanes = std::min(kLanes<T>, inner - c);
-          const T* xc = xb + last * token_stride + c;
-          P acc = load_n<P>(b + direction * inner + c, lanes) + load_n<P>(wd + (width - 1) * 2 * inner + c, lanes) *
-                                                                  load_n<P>(xc, lanes);
-          for (int64_t k = width - 1 - available; k < width - 1; ++k)
-            acc = acc + load_n<P>(wd + k * 2 * inner + c, lanes) * load_n<P>(xc + (width - 1 - k) * step, lanes);
-          store_n(o + c, silu(acc), lanes);
-        }
+        conv_silu_row(xs + n * batch_stride + last * token_stride, direction ? token_stride : -token_stride,
+                      available, w + direction * inner, 2 * inner, b + direction * inner, inner, width,
+                      out + (row * 2 + direction) * inner);
       }
     }
   });
 }
 
+// One output row of the gate: (forward + backward) * silu(z), all (inner,) rows.
+template <typename T>
+void gate_row(const T* forward, const T* backward, const T* z, int64_t inner, T* out) {
+  using P = Pack<T>;
+  for_each_pack<T>(inner, [&](int64_t c, auto lanes) {
+    const P sum = load_n<P>(forward + c, lanes) + load_n<P>(backward + c, lanes);
+    store_n(out + c, sum * silu(load_n<P>(z + c, lanes)), lanes);
+  });
+}
+
 template <typename T>
 void gate_kernel(const torch::Tensor& y, const torch::Tensor& z, torch::Tensor& gated) {
-  using P = Pack<T>;
   const int64_t batch = z.size(0), length = z.size(1), inner = z.size(2);
   const int64_t batch_stride = z.stride(0), token_stride = z.stride(1);
   const T *ys = y.data_ptr<T>(), *zs = z.data_ptr<T>();
@@ -86,14 +109,8 @@ void gate_kernel(const torch::Tensor& y, const torch::Tensor& z, torch::Tensor& 
   at::parallel_for(0, batch * length, grain_rows(inner), [&](int64_t first, int64_t end) {
     for (int64_t row = first; row < end; ++row) {
       const int64_t n = row / length, t = row % length;
-      const T* forward = ys + row * 2 * inner;
-      const T* backward = ys + (n * length + length - 1 - t) * 2 * inner + inner;
-      const T* zr = zs + n * batch_stride + t * token_stride;
-      for (int64_t c = 0; c < inner; c += kLanes<T>) {
-        const int64_t lanes = std::min(kLanes<T>, inner - c);
-        const P sum = load_n<P>(forward + c, lanes) + load_n<P>(backward + c, lanes);
-        store_n(out + row * inner + c, sum * silu(load_n<P>(zr + c, lanes)), lanes);
-      }
+      gate_row(ys + row * 2 * inner, ys + (n * length + length - 1 - t) * 2 * inner + inner,
+               zs + n * batch_stride + t * token_stride, inner, out + row * inner);
     }
   });
 }
