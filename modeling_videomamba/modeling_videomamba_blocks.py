@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from . import mixer_fused
 from .configuration_videomamba import VideoMambaConfig
+# (`from .module import`: the form transformers' remote code follows to copy a module along)
+from .mixer_fused import conv_silu_both_directions, fusable, gate_both_directions
 from .selective_scan import (
     causal_conv1d,
     causal_conv1d_tokens_first,
@@ -177,8 +178,8 @@ class VideoMambaMixer(nn.Module):
         bias = torch.cat([self.conv1d.bias, self.conv1d_b.bias])
         # Inference with the native scan does the flips, cat, conv, SiLU and gate in two fused passes
         # (mixer_fused.py); they have no backward, so training keeps these PyTorch expressions.
-        if mixer_fused.fusable(implementation, x, weight, bias):
-            u = mixer_fused.conv_silu_both_directions(x, weight, bias)
+        if fusable(implementation, x, weight, bias):
+            u = conv_silu_both_directions(x, weight, bias)
         else:
             u = causal_conv1d_tokens_first(torch.cat([x, x.flip(1)], dim=-1), weight, bias)
         projected = [proj(part) for proj, part in zip((self.x_proj, self.x_proj_b), u.split(inner, dim=-1))]
@@ -198,8 +199,8 @@ class VideoMambaMixer(nn.Module):
             delta_softplus=True,
             implementation=implementation,
         )
-        if mixer_fused.fusable(implementation, y, z):
-            gated = mixer_fused.gate_both_directions(y, z)
+        if fusable(implementation, y, z):
+            gated = gate_both_directions(y, z)
         else:
             y_forward, y_backward = y.split(inner, dim=-1)
             gated = (y_forward + y_backward.flip(1)) * F.silu(z.to(y.dtype))

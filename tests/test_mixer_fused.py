@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from test_selective_scan import assert_close_relative
 
 from modeling_videomamba import VideoMambaConfig, VideoMambaModel, mixer_fused, native_scan
+from modeling_videomamba import modeling_videomamba_blocks as blocks
 from modeling_videomamba.causal_convolution import causal_conv1d_tokens_first
 
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
@@ -87,8 +88,8 @@ def test_native_fused_model_output_matches_grad_path_in_every_order(built, monke
     # grad-enabled one the PyTorch expressions.
     calls = []
     for name in ("conv_silu_both_directions", "gate_both_directions"):
-        op = getattr(mixer_fused, name)
-        monkeypatch.setattr(mixer_fused, name, lambda *args, op=op, name=name: calls.append(name) or op(*args))
+        op = getattr(blocks, name)
+        monkeypatch.setattr(blocks, name, lambda *args, op=op, name=name: calls.append(name) or op(*args))
     torch.manual_seed(0)
     config = VideoMambaConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2,
                               token_order=order, scan_implementation="native")
