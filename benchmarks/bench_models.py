@@ -179,6 +179,8 @@ def run_child(name, frames, mode, repeats, threads, timeout, scan="auto", compil
 # Operator categories of the side-by-side profile, matched against the profiler's operator names in order.
 OP_CATEGORIES = (
     ("selective scan kernel", ("native_scan", "selective_scan")),
+    # (before "convolutions": the fused conv's op name contains "conv")
+    ("fused conv + SiLU, gate (native)", ("mixer_fused",)),
     ("attention (SDPA)", ("scaled_dot_product", "_flash_attention", "_efficient_attention", "softmax")),
     ("matmuls", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
     ("convolutions", ("conv", "mkldnn_convolution")),

@@ -12,6 +12,8 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_videomamba import VideoMambaConfig
+# (`from .module import`: the form transformers' remote code follows to copy a module along)
+from .mixer_fused import conv_silu_both_directions, fusable, gate_both_directions
 from .selective_scan import (
     causal_conv1d,
     causal_conv1d_tokens_first,
@@ -172,10 +174,14 @@ class VideoMambaMixer(nn.Module):
         """
         inner, rank, state = self.intermediate_size, self.time_step_rank, self.state_size
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, inner) each
-        x = torch.cat([x, x.flip(1)], dim=-1)
         weight = torch.cat([self.conv1d.weight, self.conv1d_b.weight]).squeeze(1)
         bias = torch.cat([self.conv1d.bias, self.conv1d_b.bias])
-        u = causal_conv1d_tokens_first(x, weight, bias)
+        # Inference with the native scan does the flips, cat, conv, SiLU and gate in two fused passes
+        # (mixer_fused.py); they have no backward, so training keeps these PyTorch expressions.
+        if fusable(implementation, x, weight, bias):
+            u = conv_silu_both_directions(x, weight, bias)
+        else:
+            u = causal_conv1d_tokens_first(torch.cat([x, x.flip(1)], dim=-1), weight, bias)
         projected = [proj(part) for proj, part in zip((self.x_proj, self.x_proj_b), u.split(inner, dim=-1))]
         dt, B, C = zip(*(p.split([rank, state, state], dim=-1) for p in projected))
         # One matmul with a block-diagonal weight gives both directions' delta already side by side;
@@ -193,8 +199,11 @@ class VideoMambaMixer(nn.Module):
             delta_softplus=True,
             implementation=implementation,
         )
-        y_forward, y_backward = y.split(inner, dim=-1)
-        gated = (y_forward + y_backward.flip(1)) * F.silu(z.to(y.dtype))
+        if fusable(implementation, y, z):
+            gated = gate_both_directions(y, z)
+        else:
+            y_forward, y_backward = y.split(inner, dim=-1)
+            gated = (y_forward + y_backward.flip(1)) * F.silu(z.to(y.dtype))
         return self.out_proj(gated.to(hidden_states.dtype))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

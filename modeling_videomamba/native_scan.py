@@ -1,10 +1,11 @@
 """The optional compiled CPU selective scan ("native"): building, loading and its custom ops (with autograd).
 
-The C++ source ships as package data (csrc/selective_scan_cpu.cpp) and is compiled on first use by
+The C++ sources ship as package data (csrc/selective_scan_cpu.cpp, the scan; csrc/mixer_cpu.cpp, the
+mixer's fused inference ops; csrc/packs.h, shared by both) and are compiled into one library on first use by
 `torch.utils.cpp_extension.load` into the torch extensions cache (~/.cache/torch_extensions, or
 $TORCH_EXTENSIONS_DIR), so later processes only load the built library. Nothing is built at import.
 
-The cache entry's name carries a hash of the source, torch's version, the Python ABI, the compiler
+The cache entry's name carries a hash of the sources, torch's version, the Python ABI, the compiler
 flags and the CPU's vector capability, so checkouts, venvs and machines never rebuild over each other.
 A build runs under a lock of our own (an OS file lock, released by the kernel if the process dies) and
 is marked complete only once its library loads; later processes import a completed library directly,
@@ -38,6 +39,8 @@ from .flops import register_scan_flops
 logger = logging.get_logger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
+# Compiled into the same library as SOURCE (the header is included by both .cpp files).
+EXTRA_SOURCES = ("mixer_cpu.cpp", "packs.h")
 ENV_VAR = "VIDEOMAMBA_NATIVE_SCAN"
 WAIT_ENV_VAR = "VIDEOMAMBA_NATIVE_SCAN_WAIT"
 # How long a process waits for another one's build of the same library before giving up (seconds).
@@ -79,17 +82,33 @@ def _build_options():
 def build_name(source: bytes = None) -> str:
     """The cache entry's name: videomamba_selective_scan_cpu_<capability>_<hash>.
 
-    The hash covers everything the library depends on: the C++ source, torch's version (its headers
-    and ABI), the Python ABI (the module is a CPython extension) and the compiler flags.
+    The hash covers everything the library depends on: the C++ sources (`source`: their bytes, default
+    the files' as `_read_sources` joins them), torch's version (its headers and ABI), the Python ABI
+    (the module is a CPython extension) and the compiler flags.
     """
     cflags, ldflags, capability = _build_options()
     if source is None:
-        source = SOURCE.read_bytes()
+        source = _joined(_read_sources())
     digest = hashlib.sha256(source)
     for part in (torch.__version__, sys.implementation.cache_tag, sysconfig.get_config_var("SOABI") or "",
                  " ".join(cflags + ldflags)):
         digest.update(b"\0" + str(part).encode())
     return f"videomamba_selective_scan_cpu_{capability}_{digest.hexdigest()[:12]}"
+
+
+def _source_paths() -> list:
+    """The files the library is built from: SOURCE first, then EXTRA_SOURCES beside it."""
+    return [SOURCE] + [SOURCE.with_name(name) for name in EXTRA_SOURCES]
+
+
+def _read_sources() -> dict:
+    """{file name: bytes} of the library's sources."""
+    return {path.name: path.read_bytes() for path in _source_paths()}
+
+
+def _joined(sources: dict) -> bytes:
+    """One byte string naming and holding every source (what the build name hashes)."""
+    return b"".join(name.encode() + b"\0" + content + b"\0" for name, content in sources.items())
 
 
 def build_directory(name: str) -> Path:
@@ -205,8 +224,9 @@ def _wait_seconds() -> float:
         raise NativeBuildError(f"{WAIT_ENV_VAR} must be a number of seconds; got {value!r}") from None
 
 
-def _compile(directory: Path, source: bytes, ninja_folder: str, locked: bool = True):
-    """Build the library into `directory` with torch and import it; `locked`: we hold our OS lock."""
+def _compile(directory: Path, sources: dict, ninja_folder: str, locked: bool = True):
+    """Build the library from `sources` ({file name: bytes}) into `directory` with torch and import it;
+    `locked`: we hold our OS lock."""
     from torch.utils.cpp_extension import load
 
     stale = directory / "lock"
@@ -219,16 +239,17 @@ def _compile(directory: Path, source: bytes, ninja_folder: str, locked: bool = T
             stacklevel=4,
         )
         stale.unlink()
-    # The source is copied into the build directory so the build commands name the same file whatever
-    # checkout or venv builds it: ninja then sees nothing to redo across them.
-    copy = directory / SOURCE.name
-    if not copy.is_file() or copy.read_bytes() != source:
-        copy.write_bytes(source)
+    # The sources are copied into the build directory so the build commands name the same files whatever
+    # checkout or venv builds them: ninja then sees nothing to redo across them.
+    for name, content in sources.items():
+        copy = directory / name
+        if not copy.is_file() or copy.read_bytes() != content:
+            copy.write_bytes(content)
     cflags, ldflags, _ = _build_options()
     with _on_path(ninja_folder):
         module = load(
             name=directory.name,
-            sources=[str(copy)],
+            sources=[str(directory / name) for name in sources if name.endswith(".cpp")],
             extra_cflags=cflags,
             extra_ldflags=ldflags,
             build_directory=str(directory),
@@ -240,8 +261,8 @@ def _compile(directory: Path, source: bytes, ninja_folder: str, locked: bool = T
 
 def _build():
     """Load the completed build of this source, or build it now; raises when the toolchain fails."""
-    source = SOURCE.read_bytes()
-    directory = build_directory(build_name(source))
+    sources = _read_sources()
+    directory = build_directory(build_name(_joined(sources)))
     if _is_cached(directory):
         try:
             return _import_library(directory)
@@ -259,7 +280,7 @@ def _build():
     with _exclusive(directory.with_name(directory.name + ".lock"), _wait_seconds()) as locked:
         if _is_cached(directory):  # another process finished the build while we waited
             return _import_library(directory)
-        return _compile(directory, source, ninja_folder, locked)
+        return _compile(directory, sources, ninja_folder, locked)
 
 
 def load_native_scan():
@@ -270,8 +291,9 @@ def load_native_scan():
     if not native_scan_enabled() or _failure is not None:
         return None
     try:
-        if not SOURCE.is_file():
-            raise FileNotFoundError(f"the kernel source {SOURCE} is missing from the installed package")
+        missing = [str(path) for path in _source_paths() if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"the kernel sources {missing} are missing from the installed package")
         _module = _build()
     except Exception as error:  # any toolchain failure means "fall back", never a crash
         _failure = f"{type(error).__name__}: {error}"
