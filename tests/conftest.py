@@ -21,6 +21,22 @@ from video_fixtures import FORMATS, make_frames, patch_avi_frame_count, write_au
 TINY_CONFIG = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_labels=3)
 
 
+@pytest.fixture
+def built():
+    """The native CPU extension (scan and fused mixer ops, compiled once into the torch extensions cache);
+    skips, saying why, if it cannot be built here."""
+    import warnings
+
+    from modeling_videomamba import native_scan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        module = native_scan.load_native_scan()
+    if module is None:
+        pytest.skip(f"the native extension could not be built here: {native_scan._failure or 'disabled by env'}")
+    return module
+
+
 @pytest.fixture(scope="session")
 def videos(tmp_path_factory):
     """{format name: path} of a 20-frame 48x64 clip in every format of FORMATS, plus longer/odd ones:

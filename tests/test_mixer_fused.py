@@ -1,27 +1,16 @@
 """The mixer's fused inference ops (csrc/mixer_cpu.cpp) against the PyTorch expressions they replace."""
 
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from test_selective_scan import assert_close_relative
 
-from modeling_videomamba import VideoMambaConfig, VideoMambaModel, mixer_fused, native_scan
+from modeling_videomamba import VideoMambaConfig, VideoMambaModel, mixer_fused
 from modeling_videomamba import modeling_videomamba_blocks as blocks
 from modeling_videomamba.causal_convolution import causal_conv1d_tokens_first
 
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
-
-
-@pytest.fixture
-def built():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        module = native_scan.load_native_scan()
-    if module is None:
-        pytest.skip(f"the native extension could not be built here: {native_scan._failure or 'disabled by env'}")
-    return module
 
 
 def projection_halves(batch, length, inner, dtype, seed):

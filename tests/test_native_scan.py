@@ -41,17 +41,6 @@ scan_module = importlib.import_module("modeling_videomamba.selective_scan")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def built():
-    """The extension (compiled once into the torch extensions cache); skips, saying why, if it cannot build."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        module = native_scan.load_native_scan()
-    if module is None:
-        pytest.skip(f"the native scan could not be built here: {native_scan._failure or 'disabled by env'}")
-    return module
-
-
 def native(*args, **kwargs):
     return selective_scan_fast(*args, **kwargs, implementation="native")
 
