@@ -186,13 +186,14 @@ OP_CATEGORIES = (
     ("convolutions", ("conv", "mkldnn_convolution")),
     ("copies, flips, cat", ("aten::copy_", "aten::flip", "aten::cat", "aten::clone", "aten::contiguous")),
 )
+OTHER_OPS = "other element-wise (SiLU, gate, norms, adds)"
 
 
 def op_category(name: str) -> str:
     for category, patterns in OP_CATEGORIES:
         if any(pattern in name for pattern in patterns):
             return category
-    return "other element-wise (SiLU, gate, norms, adds)"
+    return OTHER_OPS
 
 
 def profile_models(models, frames: int, threads: int, scan: str = "auto"):
@@ -221,7 +222,7 @@ def profile_models(models, frames: int, threads: int, scan: str = "auto"):
             category = op_category(event.key)
             totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1e3
         split[name] = totals
-    categories = [c for c, _ in OP_CATEGORIES] + ["other element-wise (SiLU, gate, norms, adds)"]
+    categories = [c for c, _ in OP_CATEGORIES] + [OTHER_OPS]
     rows = []
     for category in categories + ["total"]:
         cells = [category]

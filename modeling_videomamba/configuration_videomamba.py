@@ -31,6 +31,7 @@ AUTO_MAP = {
 }
 ALIGNED_FEATURE_SOURCES = ("original", "final_norm")
 
+
 def copy_auto_map_modules(auto_map: dict, folder) -> list:
     """Copies into `folder` each module of this package that `auto_map` names, with the modules it imports
     relatively, where `folder` lacks them; returns the paths written. Names of modules not in this package
@@ -40,8 +41,10 @@ def copy_auto_map_modules(auto_map: dict, folder) -> list:
     package = Path(__file__).resolve().parent
     written = []
     for reference in auto_map.values():
-        source = package / f"{str(reference).split('.')[0]}.py"
-        if not isinstance(reference, str) or not source.is_file():
+        if not isinstance(reference, str):
+            continue
+        source = package / f"{reference.split('.')[0]}.py"
+        if not source.is_file():
             continue
         for path in [source, *get_relative_import_files(source)]:
             target = Path(folder) / Path(path).name

@@ -27,3 +27,21 @@ def test_plot_scaling_writes_a_png_and_skips_failed_measurements(tmp_path):
 def test_variant_labels_name_scan_and_compilation():
     assert bench_models.variant_label("videomae", "-", False) == "videomae"
     assert bench_models.variant_label("videomamba", "native", True) == "videomamba (native, compiled)"
+
+
+def test_profile_categories_name_the_ops_the_models_run():
+    from modeling_videomamba import mixer_fused, native_scan
+
+    scan_op = f"{native_scan.op_namespace(native_scan.__name__)}::native_scan_forward"
+    fused_conv = f"{mixer_fused.op_namespace(mixer_fused.__name__)}::conv_silu_both_directions"
+    expected = {
+        scan_op: "selective scan kernel",
+        # the fused conv's name contains "conv": it must not count as a convolution
+        fused_conv: "fused conv + SiLU, gate (native)",
+        "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (SDPA)",
+        "aten::mm": "matmuls",
+        "aten::mkldnn_convolution": "convolutions",
+        "aten::flip": "copies, flips, cat",
+        "aten::silu": bench_models.OTHER_OPS,
+    }
+    assert {name: bench_models.op_category(name) for name in expected} == expected
